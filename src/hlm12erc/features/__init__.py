@@ -1,0 +1,1 @@
+"""Frozen encoders, one module per modality, and the feature store (arrays + masks)."""

@@ -1,0 +1,1 @@
+"""The ERC model and its losses."""

@@ -1,0 +1,1 @@
+"""hlm12erc: multimodal emotion recognition in conversations (MELD)."""
