@@ -141,3 +141,26 @@ def load_table(path: str | Path, labels: Sequence[str] | None = None) -> pd.Data
     if labels is not None:
         check_labels(table, labels, str(path))
     return table
+
+
+def to_table(meld: pd.DataFrame, split: str, source_split: str) -> pd.DataFrame:
+    """MELD CSV rows -> 1NF table rows (media columns empty, status ``text_only``).
+
+    The extract/tabulate stages fill ``x_visual``/``x_audio``/``media_status`` from the manifest.
+    """
+    table = pd.DataFrame({
+        "split": split,
+        "source_split": source_split,
+        "dialogue": meld["Dialogue_ID"].astype(int).to_numpy(),
+        "sequence": meld["Utterance_ID"].astype(int).to_numpy(),
+        "speaker": meld["Speaker"].map(normalize_text).to_numpy(),
+        "x_text": meld["Utterance"].map(normalize_text).to_numpy(),
+        "x_text_raw": meld["Utterance"].fillna("").astype(str).to_numpy(),
+        "x_visual": "",
+        "x_audio": "",
+        "label": meld["Emotion"].astype(str).str.strip().str.lower().to_numpy(),
+        "sentiment": meld.get("Sentiment", pd.Series([""] * len(meld))).astype(str).to_numpy(),
+        "media_status": "text_only",
+    })
+    table.insert(4, "clip_id", [clip_id(d, u) for d, u in zip(table["dialogue"], table["sequence"])])
+    return table.sort_values(["dialogue", "sequence"], kind="stable").reset_index(drop=True)[list(TABLE_COLUMNS)]
