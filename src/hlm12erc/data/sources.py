@@ -1,0 +1,275 @@
+"""Where MELD comes from: ``demo`` | ``kaggle`` | ``local`` -> ``data/raw/meld.json``.
+
+The descriptor ``meld.json`` is the only thing later stages read::
+
+    {"source": "demo", "layout": "tarball" | "kaggle" | "csv_only", "root": "/abs/MELD.Raw",
+     "splits": {"train": {"csv": "/abs/train_sent_emo.csv", "clips": "/abs/train_splits" | null},
+                "dev": {...}, "test": {...}}}          # test may be absent
+
+``demo`` and ``kaggle`` write their files under the output folder; ``local`` only points at
+the user's folder (it can be 10 GB). Layouts recognised anywhere up to a few levels deep:
+
+* tarball: ``train_splits/``, ``dev_splits_complete/``, ``output_repeated_splits_test/`` + CSVs
+* kaggle:  the same folders inside ``train/``, ``dev/``, ``test/`` (``MELD-RAW/MELD.Raw/...``)
+* csv_only: ``*_sent_emo.csv`` without clip folders (text-only runs)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+from hlm12erc.config import DataParams
+from hlm12erc.data.meld import DataError
+
+DESCRIPTOR = "meld.json"
+CSV_NAMES = {"train": "train_sent_emo.csv", "dev": "dev_sent_emo.csv", "test": "test_sent_emo.csv"}
+CLIP_DIRS = {"train": "train_splits", "dev": "dev_splits_complete", "test": "output_repeated_splits_test"}
+_MAX_DEPTH = 4
+
+KAGGLE_HELP = (
+    "Kaggle credentials not found or rejected: put your API token in ~/.kaggle/kaggle.json "
+    "(or the folder named by KAGGLE_CONFIG_DIR), or set KAGGLE_USERNAME and KAGGLE_KEY, or "
+    "KAGGLE_API_TOKEN (see https://www.kaggle.com/settings -> API); or run without Kaggle: "
+    "`dvc exp run -S data.source=demo`, or `-S data.source=local -S data.local_path=/path/to/MELD.Raw`")
+
+
+class SourceError(DataError):
+    """The data source cannot be used; the message says why and how to fix it."""
+
+
+# ----------------------------------------------------------------------------- layout
+
+def detect_layout(root: str | os.PathLike[str]) -> dict[str, Any]:
+    """Find MELD's CSVs and clip folders under ``root``; returns a descriptor (without source)."""
+    root = Path(root).expanduser()
+    if not str(root) or not root.exists():
+        raise SourceError(f"MELD folder '{root}' does not exist; set data.local_path to a MELD.Raw "
+                          f"folder (tarball or Kaggle layout, or just the *_sent_emo.csv files)")
+    if not root.is_dir():
+        raise SourceError(f"MELD path '{root}' is not a folder; point data.local_path at the folder "
+                          f"holding train_sent_emo.csv")
+    root = root.resolve()
+    csvs: dict[str, Path] = {}
+    clips: dict[str, Path] = {}
+    for dirpath, dirnames, filenames in _walk(root):
+        for split, name in CSV_NAMES.items():
+            if name in filenames and split not in csvs:
+                csvs[split] = dirpath / name
+        for split, name in CLIP_DIRS.items():
+            if name in dirnames and split not in clips:
+                clips[split] = dirpath / name
+    if not csvs:
+        raise SourceError(f"no MELD CSVs (train_sent_emo.csv, dev_sent_emo.csv, test_sent_emo.csv) "
+                          f"under '{root}'; point data.local_path at a MELD.Raw folder")
+    if "train" not in csvs:
+        raise SourceError(f"'{root}' has {sorted(csvs)} CSV(s) but no train_sent_emo.csv; "
+                          f"the pipeline needs at least train (and dev or test)")
+    if not clips:
+        layout = "csv_only"
+    elif all(clips[s].parent.name == s for s in clips):
+        layout = "kaggle"
+    else:
+        layout = "tarball"
+    splits = {s: {"csv": str(csvs[s]), "clips": str(clips[s]) if s in clips else None}
+              for s in ("train", "dev", "test") if s in csvs}
+    return {"layout": layout, "root": str(root), "splits": splits}
+
+
+def _walk(root: Path):
+    """os.walk to a bounded depth, never listing the (huge) clip folders themselves."""
+    stack = [(root, 0)]
+    while stack:
+        folder, depth = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        dirs = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+        files = {e.name for e in entries if e.is_file()}
+        yield folder, dirs, files
+        if depth < _MAX_DEPTH:
+            stack.extend((folder / d, depth + 1) for d in reversed(dirs) if d not in CLIP_DIRS.values())
+
+
+def describe(descriptor: dict[str, Any]) -> str:
+    """One line such as ``local source: csv_only layout at /x (train, dev; no clips)``."""
+    splits = descriptor["splits"]
+    with_clips = [s for s in splits if splits[s]["clips"]]
+    clips = "no clips" if not with_clips else f"clips for {', '.join(with_clips)}"
+    return (f"{descriptor['source']} source: {descriptor['layout']} layout at {descriptor['root']} "
+            f"({', '.join(splits)}; {clips})")
+
+
+def write_descriptor(out_dir: str | os.PathLike[str], descriptor: dict[str, Any]) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    root = Path(descriptor["root"])
+    if descriptor["source"] in ("demo", "kaggle"):
+        # Files live under out_dir: remember where, so a moved checkout still resolves.
+        descriptor = {**descriptor, "root_in_raw": os.path.relpath(root, out.resolve())}
+    path = out / DESCRIPTOR
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(descriptor, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_descriptor(raw_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load ``<raw_dir>/meld.json`` and check it; paths come back absolute and existing."""
+    path = Path(raw_dir) / DESCRIPTOR
+    if not path.exists():
+        raise SourceError(f"{path} not found; run the download stage first (`dvc repro download`)")
+    try:
+        desc = json.loads(path.read_text(encoding="utf-8"))
+        splits = desc["splits"]
+        old_root = desc["root"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SourceError(f"{path} is not a MELD descriptor ({exc}); re-run `dvc repro download`") from None
+    if not Path(old_root).exists() and desc.get("root_in_raw"):
+        new_root = str((Path(raw_dir) / desc["root_in_raw"]).resolve())
+        rebase = lambda p: p if p is None else new_root + p[len(old_root):]  # noqa: E731
+        desc["root"] = new_root
+        desc["splits"] = {s: {k: rebase(v) for k, v in e.items()} for s, e in splits.items()}
+    for split, entry in desc["splits"].items():
+        if not Path(entry["csv"]).exists():
+            raise SourceError(f"{path}: the {split} CSV {entry['csv']} is gone; re-run the download "
+                              f"stage or fix data.local_path")
+    return desc
+
+
+# ----------------------------------------------------------------------------- sources
+
+def fetch_demo(out_dir: Path, params: DataParams) -> dict[str, Any]:
+    from hlm12erc.data import demo
+
+    root = out_dir / "MELD.Raw"
+    if root.exists():
+        shutil.rmtree(root)
+    broken = demo.generate(root, seed=params.demo.seed, dialogues=params.demo.dialogues)
+    desc = {"source": "demo", **detect_layout(root)}
+    desc["demo_broken"] = broken
+    return desc
+
+
+def fetch_local(params: DataParams) -> dict[str, Any]:
+    if not str(params.local_path).strip():
+        raise SourceError("data.source=local but data.local_path is empty; set it to a MELD.Raw folder, "
+                          "e.g. `dvc exp run -S data.source=local -S data.local_path=/data/MELD.Raw`")
+    return {"source": "local", **detect_layout(params.local_path)}
+
+
+def make_kaggle_api() -> Any:
+    """An authenticated ``KaggleApi``, or a :class:`SourceError` saying how to add credentials.
+
+    ``import kaggle`` authenticates at import and prints help / exits when there are no
+    credentials, so the import happens here, silenced, and every failure becomes one message.
+    """
+    sink = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            from kaggle.api.kaggle_api_extended import KaggleApi
+
+            api = KaggleApi()
+            api.authenticate()
+    except (SystemExit, Exception):  # noqa: BLE001 - any failure means "no usable credentials"
+        raise SourceError(KAGGLE_HELP) from None
+    return api
+
+
+def _wanted(name: str) -> bool:
+    """Only the three CSVs and the clips of the three split folders are extracted."""
+    parts = name.replace("\\", "/").split("/")
+    base = parts[-1]
+    if base.startswith("._"):
+        return False
+    if base in CSV_NAMES.values():
+        return True
+    return base.endswith(".mp4") and len(parts) >= 2 and parts[-2] in CLIP_DIRS.values()
+
+
+def safe_extract_zip(archive: str | os.PathLike[str], target: str | os.PathLike[str],
+                     wanted: Callable[[str], bool] = _wanted) -> int:
+    """Extract the ``wanted`` members of ``archive`` into ``target``; refuses zip-slip.
+
+    Every member is checked before anything is written: one whose resolved path leaves
+    ``target`` (``../x``, an absolute path, a drive letter) aborts with a SourceError.
+    Returns the number of files extracted.
+    """
+    target = Path(target).resolve()
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise SourceError(f"{archive}: not a readable zip ({exc}); delete it and download again") from None
+    with zf:
+        members = zf.infolist()
+        for info in members:
+            name = info.filename.replace("\\", "/")
+            dest = (target / name).resolve()
+            if name.startswith("/") or (len(name) > 1 and name[1] == ":") or not dest.is_relative_to(target):
+                raise SourceError(f"{archive}: member '{info.filename}' would be written outside "
+                                  f"{target} (zip-slip); refusing to extract this archive")
+        count = 0
+        for info in members:
+            if info.is_dir() or not wanted(info.filename):
+                continue
+            dest = (target / info.filename.replace("\\", "/")).resolve()
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.part")
+            with zf.open(info) as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            os.replace(tmp, dest)
+            count += 1
+    return count
+
+
+def fetch_kaggle(out_dir: Path, params: DataParams,
+                 api_factory: Callable[[], Any] = make_kaggle_api) -> dict[str, Any]:
+    """Download ``data.kaggle_dataset`` as a zip and extract what the pipeline needs."""
+    api = api_factory()
+    download = out_dir / ".download"
+    download.mkdir(parents=True, exist_ok=True)
+    try:
+        api.dataset_download_files(params.kaggle_dataset, path=str(download), force=False,
+                                   quiet=False, unzip=False)
+    except SourceError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - network/HTTP errors come in many types
+        raise SourceError(f"Kaggle download of '{params.kaggle_dataset}' failed: {exc}; check the "
+                          f"dataset name (data.kaggle_dataset), your network and credentials, or use "
+                          f"data.source=local with a downloaded copy") from None
+    zips = sorted(download.glob("*.zip"))
+    if not zips:
+        raise SourceError(f"Kaggle download of '{params.kaggle_dataset}' left no zip in {download}; "
+                          f"check data.kaggle_dataset")
+    extracted = out_dir / "kaggle"
+    if extracted.exists():
+        shutil.rmtree(extracted)
+    for archive in zips:
+        safe_extract_zip(archive, extracted)
+    shutil.rmtree(download)  # the zip is ~10 GB: keep only what was extracted
+    return {"source": "kaggle", "dataset": params.kaggle_dataset, **detect_layout(extracted)}
+
+
+def download(params: DataParams, out_dir: str | os.PathLike[str],
+             api_factory: Callable[[], Any] = make_kaggle_api) -> dict[str, Any]:
+    """Run the configured source and write ``<out_dir>/meld.json``; returns the descriptor."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if params.source == "demo":
+        desc = fetch_demo(out, params)
+    elif params.source == "kaggle":
+        desc = fetch_kaggle(out, params, api_factory)
+    elif params.source == "local":
+        desc = fetch_local(params)
+    else:
+        raise SourceError(f"data.source='{params.source}' is not one of demo, kaggle, local")
+    write_descriptor(out, desc)
+    return desc
