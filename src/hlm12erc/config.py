@@ -86,6 +86,8 @@ class VisualFeatureParams:
     weights_path: str = ""  # local torchvision weights for encoder=torchvision
     faces: str = "haar"  # haar | none
     face_model: str = "none"  # none | fer2013
+    face_size: int = 24  # face crop side (grayscale pixels) when face_model=none
+    grid: int = 4  # stats encoder: grid x grid grayscale cell means
 
 
 @dataclass
@@ -104,6 +106,7 @@ class TrainParams:
     weight_decay: float = 0.01
     patience: int = 10  # epochs without a better valid weighted-F1 before stopping
     device: str = "auto"  # auto | cpu | cuda
+    eval_batch_size: int = 256  # batch size for evaluation/prediction
 
 
 @dataclass
@@ -119,6 +122,10 @@ class ObjectiveConfig:
     aux_weight: float = 0.0
     dropout: float = 0.2
     focal_gamma: float = 2.0
+    heads: int = 4  # attention heads (fusion=attention); must divide hidden
+    temperature: float = 0.1  # supervised contrastive temperature (aux_loss=contrastive)
+    margin: float = 0.5  # batch-hard triplet margin (aux_loss=triplet)
+    lr: float | None = None  # overrides train.lr
     epochs: int | None = None  # overrides train.epochs
     train_table: str = "train"  # train | sample
 
