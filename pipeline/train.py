@@ -1,0 +1,41 @@
+"""Stage train: cached features of one objective's tables -> models/NAME/{model.pt,config.json} + plots/NAME/history.csv."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# pipeline/ holds tabulate.py, which would shadow the `tabulate` package that torch imports.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
+from hlm12erc.config import ConfigError, load_params  # noqa: E402
+from hlm12erc.data.meld import DataError  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--objective", required=True, help="a key of params.yaml `objectives`")
+    parser.add_argument("--tables", default="data/tables")
+    parser.add_argument("--features", default="data/features")
+    parser.add_argument("--out", required=True, help="model folder, e.g. models/NAME")
+    parser.add_argument("--plots", required=True, help="plots folder, e.g. plots/NAME")
+    args = parser.parse_args(argv)
+    try:
+        params = load_params(args.params)
+        params.objective(args.objective)  # unknown name: fail before importing torch
+        from hlm12erc.training.stages import train_stage
+
+        summary = train_stage(params, args.objective, args.tables, args.features, args.out, args.plots)
+    except (ConfigError, DataError, FileNotFoundError, ImportError, ValueError) as error:
+        print(f"train: {error}", file=sys.stderr)
+        return 2
+    print(f"train {summary['objective']}: best valid weighted-F1 {summary['best_valid_weighted_f1']:.4f} "
+          f"at epoch {summary['best_epoch']} ({summary['epochs_run']} epochs run) -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Matplotlib figures written by the stages (Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion(counts: np.ndarray, labels: Sequence[str], path: str | Path, title: str = "") -> Path:
+    """Rows normalised per true class (colour), raw counts annotated in each cell."""
+    plt = _pyplot()
+    totals = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, totals, out=np.zeros_like(counts, dtype=float), where=totals > 0)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(labels), 0.8 + 0.7 * len(labels)))
+    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title(title or "confusion (row-normalised, counts annotated)")
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, str(int(counts[i, j])), ha="center", va="center",
+                    color="white" if share[i, j] > 0.5 else "black", fontsize=8)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_objectives(table: pd.DataFrame, path: str | Path) -> Path:
+    """Grouped bars of accuracy / weighted-F1 / macro-F1 per objective."""
+    plt = _pyplot()
+    metrics = ["accuracy", "weighted_f1", "macro_f1"]
+    x = np.arange(len(table))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(table) + 2), 4))
+    for k, metric in enumerate(metrics):
+        ax.bar(x + (k - 1) * 0.27, table[metric], width=0.27, label=metric)
+    ax.set_xticks(x, table["objective"], rotation=30, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("score")
+    ax.set_title("objectives on the test split")
+    ax.legend()
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

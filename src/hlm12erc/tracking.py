@@ -1,0 +1,123 @@
+"""MLflow: the one place that knows the tracking URI, the experiment, run names and tags.
+
+URI: env ``HLM12ERC_MLFLOW_URI`` if set, else ``sqlite:///<project root>/mlflow.db``; artifacts
+of a sqlite store go to ``mlartifacts/`` beside the database file. Call :func:`ensure_store`
+once before runs start in parallel (featurize does) so only one process creates the schema.
+Run names come from DVC (``DVC_STAGE``, e.g. ``train@text``), else ``<kind>-<objective>``;
+tags carry the git commit and the DVC experiment name. mlflow is imported lazily (slow import).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import unquote, urlparse
+
+from hlm12erc.config import PROJECT_ROOT
+
+EXPERIMENT = "hlm12erc"
+URI_ENV = "HLM12ERC_MLFLOW_URI"
+
+
+def tracking_uri() -> str:
+    return os.environ.get(URI_ENV) or f"sqlite:///{(PROJECT_ROOT / 'mlflow.db').resolve()}"
+
+
+def _artifact_location(uri: str) -> str | None:
+    """``<db folder>/mlartifacts`` for a sqlite store (else the server decides)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = Path(unquote(urlparse(uri).path))
+    return (database.parent / "mlartifacts").resolve().as_uri()
+
+
+def _mlflow():
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    return mlflow
+
+
+def ensure_store() -> str:
+    """Create the store and the experiment if missing; returns the experiment id."""
+    mlflow = _mlflow()
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        Path(unquote(urlparse(uri).path)).parent.mkdir(parents=True, exist_ok=True)
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return mlflow.create_experiment(EXPERIMENT, artifact_location=_artifact_location(uri))
+    except Exception:  # another process created it first
+        experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def run_name(kind: str, objective: str) -> str:
+    return os.environ.get("DVC_STAGE") or f"{kind}-{objective}"
+
+
+def git_commit() -> str:
+    root = os.environ.get("DVC_ROOT") or str(PROJECT_ROOT)
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return result.stdout.strip() if result.returncode == 0 else "unknown"
+
+
+def run_tags(kind: str, objective: str) -> dict[str, str]:
+    tags = {"kind": kind, "objective": objective, "mlflow.source.git.commit": git_commit(),
+            "git_commit": git_commit()}
+    for env, tag in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_STAGE", "dvc_stage"),
+                     ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline_rev")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    return tags
+
+
+def flatten(values: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts/dataclass dicts -> ``{"a.b": v}``; lists become comma-joined strings."""
+    if isinstance(values, dict):
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    if isinstance(values, (list, tuple)):
+        return {prefix: ",".join(map(str, values))}
+    return {prefix: values}
+
+
+@contextlib.contextmanager
+def start_run(kind: str, objective: str, params: dict[str, Any] | None = None) -> Iterator[Any]:
+    """An MLflow run in experiment ``hlm12erc``; ends FINISHED, or FAILED when the body raises."""
+    mlflow = _mlflow()
+    experiment_id = ensure_store()
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name(kind, objective),
+                          tags=run_tags(kind, objective)) as run:
+        if params:
+            mlflow.log_params({k: ("" if v is None else v) for k, v in flatten(params).items()})
+        yield run
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    _mlflow().log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
+    _mlflow().log_artifact(str(path), artifact_path)
+
+
+def log_artifacts(folder: str | Path, artifact_path: str | None = None) -> None:
+    _mlflow().log_artifacts(str(folder), artifact_path)
+
+
+def log_text(text: str, name: str) -> None:
+    _mlflow().log_text(text, name)

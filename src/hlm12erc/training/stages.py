@@ -1,0 +1,162 @@
+"""What each model-side DVC stage does, called by the short scripts in ``pipeline/``.
+
+featurize: tables -> cached feature arrays; train: features -> a checkpoint + history;
+evaluate: a checkpoint + features -> metrics JSON, confusion/prediction CSVs and a PNG;
+report: metrics of several objectives -> one table and one bar plot. Train and evaluate are
+each one MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from hlm12erc import tracking
+from hlm12erc.config import ConfigError, Params
+from hlm12erc.features.store import MODALITIES, FeatureSet, featurize_tables
+from hlm12erc.training.metrics import compute_metrics, confusion, report_text
+from hlm12erc.training.trainer import as_batch, load_model, predict_logits, save_model, select_device, train_model
+
+
+def featurize_stage(params: Params, tables_dir: str | Path, out_dir: str | Path) -> dict[str, FeatureSet]:
+    tracking.ensure_store()  # once, before train/evaluate runs may start in parallel
+    return featurize_tables(tables_dir, out_dir, params.features, params.labels)
+
+
+def load_split(features_dir: str | Path, tables_dir: str | Path, split: str) -> FeatureSet:
+    """Cached features of ``split``, checked against its table (same clips, same order)."""
+    features = FeatureSet.load(Path(features_dir) / split)
+    table_path = Path(tables_dir) / f"{split}.csv"
+    if table_path.exists():
+        clips = pd.read_csv(table_path, usecols=["clip_id"], dtype=str, keep_default_na=False)["clip_id"]
+        if clips.tolist() != features.index["clip_id"].tolist():
+            raise ConfigError(f"{features_dir}/{split} is stale: its clips differ from {table_path}; "
+                              "rerun `dvc repro featurize`")
+    return features
+
+
+def _check_objective(params: Params, name: str):
+    objective = params.objective(name)
+    unknown = [m for m in objective.modalities if m not in MODALITIES]
+    if unknown or not objective.modalities:
+        raise ConfigError(f"objective {name}: modalities {objective.modalities} must be a non-empty subset of "
+                          f"{list(MODALITIES)}")
+    return objective
+
+
+def train_stage(params: Params, objective_name: str, tables_dir: str | Path, features_dir: str | Path,
+                out_dir: str | Path, plots_dir: str | Path, progress: bool = True) -> dict:
+    """Train one objective; write model.pt/config.json and history.csv; log one MLflow run."""
+    objective = _check_objective(params, objective_name)
+    train_set = load_split(features_dir, tables_dir, objective.train_table)
+    valid_set = load_split(features_dir, tables_dir, "valid")
+    device = select_device(params.train.device)
+    logged = {"objective": asdict(objective), "train": asdict(params.train),
+              "features": asdict(params.features), "labels": params.labels, "device": str(device)}
+    with tracking.start_run("train", objective.name, logged):
+        result = train_model(objective, train_set, valid_set, params.labels, params.train, device,
+                             on_epoch=lambda row: tracking.log_metrics(
+                                 {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"])),
+                             progress=progress)
+        save_model(result.model, out_dir, objective, {
+            "feature_dims": train_set.dims, "features": asdict(params.features),
+            "best_epoch": result.best_epoch, "best_valid_weighted_f1": result.best_valid_weighted_f1})
+        Path(plots_dir).mkdir(parents=True, exist_ok=True)
+        result.history.to_csv(Path(plots_dir) / "history.csv", index=False)
+        tracking.log_metrics({"best_valid_weighted_f1": result.best_valid_weighted_f1,
+                              "best_epoch": result.best_epoch, "epochs_run": len(result.history)})
+        tracking.log_artifacts(out_dir, "model")
+        tracking.log_artifact(Path(plots_dir) / "history.csv")
+    return {"objective": objective.name, "best_epoch": result.best_epoch,
+            "best_valid_weighted_f1": result.best_valid_weighted_f1, "epochs_run": len(result.history)}
+
+
+def evaluate_stage(params: Params, model_dir: str | Path, tables_dir: str | Path, features_dir: str | Path,
+                   split: str, metrics_path: str | Path, plots_dir: str | Path) -> tuple[dict, str]:
+    """Score a checkpoint on ``split``; write the metrics JSON and plots; log one MLflow run."""
+    device = select_device(params.train.device)
+    model, config = load_model(model_dir, device)
+    name = (config.get("objective") or {}).get("name") or Path(model_dir).name
+    features = load_split(features_dir, tables_dir, split)
+    for m in model.config.modalities:
+        if features.dims[m] != model.config.input_dims[m]:
+            raise ConfigError(f"{features_dir}/{split}: {m} features are {features.dims[m]}-d but {model_dir} "
+                              f"expects {model.config.input_dims[m]}-d; retrain after changing `features`")
+    labels = model.config.labels
+    data = as_batch(features, model.config.modalities, labels, f"{split} features")
+    logits = predict_logits(model, data, params.train.eval_batch_size, device)
+    probs = torch.softmax(logits, dim=-1).numpy()
+    predicted = [labels[i] for i in probs.argmax(1)]
+    actual = features.labels
+    metrics = {"objective": name, "split": split, **compute_metrics(actual, predicted, labels)}
+    report = report_text(actual, predicted, labels)
+    counts = confusion(actual, predicted, labels)
+
+    metrics_path, plots_dir = Path(metrics_path), Path(plots_dir)
+    metrics_path.parent.mkdir(parents=True, exist_ok=True)
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    pd.DataFrame({"actual": actual, "predicted": predicted}).to_csv(plots_dir / "confusion.csv", index=False)
+    predictions = pd.DataFrame({"clip_id": features.index["clip_id"], "label": actual, "predicted": predicted})
+    for i, label in enumerate(labels):
+        predictions[f"p_{label}"] = np.round(probs[:, i], 6)
+    predictions.to_csv(plots_dir / "predictions.csv", index=False)
+    from hlm12erc.plots import plot_confusion
+
+    plot_confusion(counts, labels, plots_dir / "confusion.png", f"{name} on {split}")
+
+    with tracking.start_run("evaluate", name, {"objective": config.get("objective") or {}, "split": split,
+                                                "model_dir": str(model_dir)}):
+        tracking.log_metrics({f"{split}_{k}": metrics[k] for k in ("accuracy", "weighted_f1", "macro_f1")})
+        tracking.log_metrics({f"{split}_f1_{label}": v["f1"] for label, v in metrics["per_class"].items()})
+        tracking.log_artifact(plots_dir / "confusion.png")
+        tracking.log_artifact(metrics_path)
+        tracking.log_text(report, "classification_report.txt")
+        tracking.log_artifacts(model_dir, "model")
+    return metrics, report
+
+
+REPORT_COLUMNS = ("objective", "modalities", "fusion", "loss", "accuracy", "weighted_f1", "macro_f1")
+
+
+def report_stage(params: Params, metrics_dir: str | Path, objectives: Sequence[str], out_md: str | Path,
+                 out_csv: str | Path, out_plot: str | Path) -> pd.DataFrame:
+    """One row per objective from ``metrics_dir/<objective>.json``; markdown, CSV and a bar plot."""
+    rows = []
+    for name in objectives:
+        path = Path(metrics_dir) / f"{name}.json"
+        if not path.exists():
+            raise ConfigError(f"{path} not found: evaluate objective '{name}' first (`dvc repro evaluate@{name}`)")
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+        objective = params.objectives.get(name)
+        loss = objective.loss if objective else "?"
+        if objective and objective.aux_loss != "none":
+            loss = f"{loss} + {objective.aux_weight:g} {objective.aux_loss}"
+        rows.append({"objective": name,
+                     "modalities": "+".join(objective.modalities) if objective else "?",
+                     "fusion": ("linear" if objective.hidden == 0 else objective.fusion) if objective else "?",
+                     "loss": loss, **{k: round(float(metrics[k]), 4)
+                                      for k in ("accuracy", "weighted_f1", "macro_f1")}})
+    table = pd.DataFrame(rows, columns=list(REPORT_COLUMNS))
+    for path in (out_md, out_csv, out_plot):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out_csv, index=False)
+    Path(out_md).write_text(markdown_table(table) + "\n", encoding="utf-8")
+    from hlm12erc.plots import plot_objectives
+
+    plot_objectives(table, out_plot)
+    return table
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    header = "| " + " | ".join(table.columns) + " |"
+    rule = "| " + " | ".join("---:" if pd.api.types.is_numeric_dtype(table[c]) else "---" for c in table.columns) + " |"
+    body = ["| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row) + " |"
+            for row in table.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
