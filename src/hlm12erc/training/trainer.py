@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from hlm12erc.config import ObjectiveConfig, TrainParams
+from hlm12erc.config import ObjectiveConfig, TrainParams, params_from_dict
 from hlm12erc.data.meld import check_labels
 from hlm12erc.features.store import MODALITIES, FeatureSet
 from hlm12erc.models.erc import ERCConfig, ERCModel
@@ -191,4 +191,6 @@ def load_model(model_dir: str | Path, device: torch.device | str = "cpu") -> tup
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     model = ERCModel(ERCConfig(**config["model"]))
     model.load_state_dict(torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True))
+    if config.get("features"):  # the encoders' settings, for featurizing new rows the same way
+        model.feature_params = params_from_dict({"features": config["features"]}).features
     return model.to(device).eval(), config
