@@ -42,7 +42,7 @@ def read_frames(folder: str | Path) -> list[np.ndarray]:
 
 
 class StatsEncoder:
-    """Cheap image statistics (see module docstring); ``29 + grid**2`` floats."""
+    """Cheap image statistics (see module docstring); ``25 + grid**2`` floats."""
 
     def __init__(self, grid: int = 4):
         self.grid = grid

@@ -1,0 +1,92 @@
+"""Frozen encoders on synthetic tables with real wavs and PNG frames."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import ERC_LABELS
+
+from hlm12erc.config import AudioFeatureParams, VisualFeatureParams
+from hlm12erc.data.meld import load_table
+from hlm12erc.features.audio import LogMelEncoder, audio_features, build_audio_encoder, read_wav
+from hlm12erc.features.store import FeatureSet
+from hlm12erc.features.text import EMBEDDING_DIM, context_strings
+from hlm12erc.features.visual import build_frame_encoder, visual_features
+
+
+def test_store_shapes_masks_and_index(erc_features_dir, erc_tables):
+    for split in ("train", "valid", "test", "sample"):
+        features = FeatureSet.load(erc_features_dir / split)
+        table = pd.read_csv(erc_tables / f"{split}.csv")
+        n = len(table)
+        assert features.arrays["text"].shape == (n, 2 * EMBEDDING_DIM)
+        assert features.arrays["audio"].shape == (n, 3 * 64 + 9)
+        assert features.arrays["visual"].shape[0] == n
+        assert all(a.dtype == np.float32 for a in features.arrays.values())
+        assert features.mask.shape == (n, 3) and features.mask.dtype == bool
+        assert features.index["clip_id"].tolist() == table["clip_id"].tolist()  # table row order
+        assert features.index.columns.tolist() == ["clip_id", "label", "dialogue", "sequence"]
+        # rows 2 (no audio), 4 (no frames), 6 (audio file missing) are masked and zero
+        assert features.mask[:, 0].all()
+        assert not features.mask[2, 1] and not features.mask[6, 1] and not features.mask[4, 2]
+        assert features.mask[0].all() and features.mask[3].all()
+        assert not features.arrays["audio"][[2, 6]].any() and not features.arrays["visual"][4].any()
+        assert np.abs(features.arrays["audio"][features.mask[:, 1]]).sum(1).min() > 0
+        assert features.face_found.shape == (n,)
+
+
+def test_text_features_embed_utterance_and_context(erc_features_dir):
+    features = FeatureSet.load(erc_features_dir / "train")
+    text = features.arrays["text"]
+    norms = np.linalg.norm(text[:, :EMBEDDING_DIM], axis=1)
+    assert np.allclose(norms, 1.0, atol=1e-4)  # L2-normalised mean pooling
+    first_turns = features.index["sequence"].to_numpy() == 0
+    assert not text[first_turns, EMBEDDING_DIM:].any()  # no previous turns -> zero context half
+    assert np.allclose(np.linalg.norm(text[~first_turns, EMBEDDING_DIM:], axis=1), 1.0, atol=1e-4)
+    same_text = features.index["label"] == features.index["label"].iloc[0]
+    rows = np.flatnonzero(same_text)
+    assert np.allclose(text[rows[0], :EMBEDDING_DIM], text[rows[1], :EMBEDDING_DIM], atol=1e-5)
+
+
+def test_context_strings_use_previous_turns_of_the_same_dialogue():
+    table = pd.DataFrame({"dialogue": [1, 1, 1, 2, 1], "sequence": [0, 1, 2, 0, 3],
+                          "speaker": ["A", "B", "A", "C", "B"], "x_text": ["hi", "yo", "ok", "new", "bye"]})
+    contexts = context_strings(table, window=2)
+    assert contexts == ["", "A: hi", "A: hi\nB: yo", "", "B: yo\nA: ok"]
+    assert context_strings(table, window=0) == [""] * 5
+
+
+def test_logmel_separates_tones_and_reads_missing_as_none(tmp_path):
+    import soundfile
+
+    encoder = LogMelEncoder(n_mels=32)
+    t = np.arange(8000) / 16000
+    low, high = encoder(np.sin(2 * np.pi * 200 * t).astype(np.float32)), encoder(
+        np.sin(2 * np.pi * 2000 * t).astype(np.float32))
+    assert low.shape == (3 * 32 + 9,) and np.isfinite(low).all()
+    assert np.argmax(low[:32]) < np.argmax(high[:32])  # the loud mel band moves up with the pitch
+    path = tmp_path / "x.wav"
+    soundfile.write(str(path), np.sin(2 * np.pi * 200 * np.arange(4410) / 44100).astype(np.float32), 44100)
+    assert len(read_wav(path)) == pytest.approx(1600, abs=2)  # resampled to 16 kHz
+    assert read_wav(tmp_path / "missing.wav") is None
+    assert np.isfinite(encoder(np.zeros(50, np.float32))).all()  # tiny clip padded, no NaN
+
+
+def test_visual_falls_back_to_centre_when_no_face_and_flags_it(erc_tables):
+    table = load_table(erc_tables / "valid.csv", ERC_LABELS)
+    features, present, face_found = visual_features(table, VisualFeatureParams(), progress=False)
+    assert present.sum() == len(table) - 1 and not face_found.any()  # drawn rectangles are not faces
+    assert features.shape[1] == build_frame_encoder(VisualFeatureParams()).dim + 24 * 24
+    no_faces, _, _ = visual_features(table, VisualFeatureParams(faces="none"), progress=False)
+    assert no_faces.shape[1] == 25 + 4 * 4
+
+
+def test_optional_encoders_fail_with_how_to_fix():
+    with pytest.raises(ValueError, match="weights_path"):
+        build_frame_encoder(VisualFeatureParams(encoder="torchvision"))
+    try:
+        import opensmile  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="pip install opensmile.*research"):
+            build_audio_encoder(AudioFeatureParams(encoder="egemaps"))
+    with pytest.raises(ValueError, match="not known"):
+        audio_features(pd.DataFrame({"x_audio": []}), AudioFeatureParams(encoder="mfcc"))

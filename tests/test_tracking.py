@@ -1,0 +1,64 @@
+"""MLflow tracking against a tmp sqlite store (never the repo's mlflow.db)."""
+
+import pytest
+
+from hlm12erc import tracking
+from hlm12erc.config import PROJECT_ROOT
+
+
+def _client():
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking.tracking_uri())
+
+
+def test_uri_default_and_env(monkeypatch, tmp_path):
+    monkeypatch.delenv(tracking.URI_ENV, raising=False)
+    assert tracking.tracking_uri() == f"sqlite:///{PROJECT_ROOT.resolve() / 'mlflow.db'}"
+    monkeypatch.setenv(tracking.URI_ENV, f"sqlite:///{tmp_path}/x.db")
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path}/x.db"
+
+
+def test_run_logs_params_metrics_artifacts_and_tags(erc_mlflow_uri, tmp_path, monkeypatch):
+    monkeypatch.setenv("DVC_STAGE", "train@text")
+    monkeypatch.setenv("DVC_EXP_NAME", "brave-owl")
+    experiment_id = tracking.ensure_store()
+    assert tracking.ensure_store() == experiment_id  # idempotent
+    artifact = tmp_path / "model"
+    artifact.mkdir()
+    (artifact / "config.json").write_text("{}")
+    with tracking.start_run("train", "text", {"objective": {"hidden": 128, "modalities": ["text", "audio"]},
+                                               "lr": 0.001}) as run:
+        for epoch, f1 in enumerate([0.2, 0.4, 0.3], start=1):
+            tracking.log_metrics({"valid_weighted_f1": f1}, step=epoch)
+        tracking.log_artifacts(artifact, "model")
+        tracking.log_text("report", "classification_report.txt")
+    client = _client()
+    stored = client.get_run(run.info.run_id)
+    assert stored.info.status == "FINISHED"
+    assert stored.info.run_name == "train@text"
+    assert stored.data.params["objective.hidden"] == "128"
+    assert stored.data.params["objective.modalities"] == "text,audio"
+    assert stored.data.tags["dvc_exp_name"] == "brave-owl" and stored.data.tags["git_commit"]
+    history = client.get_metric_history(run.info.run_id, "valid_weighted_f1")
+    assert [(m.step, m.value) for m in history] == [(1, 0.2), (2, 0.4), (3, 0.3)]
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"model", "classification_report.txt"} <= names
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/config.json"]
+    assert (tmp_path / "mlartifacts").is_dir()  # artifacts live beside the tmp db
+
+
+def test_crashed_run_ends_failed(erc_mlflow_uri, monkeypatch):
+    monkeypatch.delenv("DVC_STAGE", raising=False)
+    with pytest.raises(RuntimeError, match="boom"):
+        with tracking.start_run("train", "audio", {"x": 1}):
+            raise RuntimeError("boom")
+    runs = _client().search_runs([tracking.ensure_store()])
+    assert [(r.info.run_name, r.info.status) for r in runs] == [("train-audio", "FAILED")]
+    import mlflow
+
+    assert mlflow.active_run() is None  # nothing left dangling
+
+
+def test_flatten():
+    assert tracking.flatten({"a": {"b": 1, "c": [1, 2]}, "d": None}) == {"a.b": 1, "a.c": "1,2", "d": None}
