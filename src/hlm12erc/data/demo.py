@@ -220,11 +220,12 @@ def _make_clip(spec: ClipSpec) -> str:
 
 def generate(out_dir: str | os.PathLike[str], seed: int = 7,
              dialogues: Mapping[str, int] | None = None, jobs: int = 0,
-             progress: bool = False) -> dict[str, dict[str, str]]:
+             write_clips: bool = True) -> dict[str, dict[str, str]]:
     """Write the demo corpus into ``out_dir`` (MELD.Raw tarball shape).
 
     Returns ``{split: {clip_id: broken_kind}}`` for the deliberately broken clips.
-    Same seed -> byte-identical CSVs and identical clip content.
+    Same seed -> byte-identical CSVs and identical clip content. ``write_clips=False``
+    writes only the CSVs (the same CSVs).
     """
     from hlm12erc.config import resolve_jobs
 
@@ -271,6 +272,8 @@ def generate(out_dir: str | os.PathLike[str], seed: int = 7,
                 continue
             specs.append(ClipSpec(str(clip_dir / f"{cid}.mp4"), kind, a_label, v_label, seconds, clip_seed))
         _write_csv(out / f"{split}_sent_emo.csv", rows)
+    if not write_clips:
+        return broken
     workers = min(resolve_jobs(jobs), max(1, len(specs)))
     if workers == 1:
         for spec in specs:
