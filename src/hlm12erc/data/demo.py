@@ -164,7 +164,7 @@ def _video_frames(label: str, seconds: float, rng: np.random.Generator) -> list[
 def write_clip(path: str | os.PathLike[str], audio_label: str = "neutral", video_label: str = "neutral",
                seconds: float = 2.0, seed: int = 0, video: bool = True, audio: bool = True,
                size: tuple[int, int] = (WIDTH, HEIGHT), fps: int = FPS,
-               audio_rate: int = AUDIO_RATE) -> Path:
+               audio_rate: int = AUDIO_RATE, preset: str = "ultrafast") -> Path:
     """Encode one H.264 + AAC ``.mp4`` (either track can be left out). Deterministic per seed."""
     import av
 
@@ -178,7 +178,7 @@ def write_clip(path: str | os.PathLike[str], audio_label: str = "neutral", video
             vstream = out.add_stream("libx264", rate=fps)
             vstream.width, vstream.height = size
             vstream.pix_fmt = "yuv420p"
-            vstream.options = {"preset": "ultrafast", "crf": "28"}
+            vstream.options = {"preset": preset, "crf": "28"}
             vstream.codec_context.thread_count = 1  # deterministic bitstream
         if audio:
             astream = out.add_stream("aac", rate=audio_rate, layout="stereo")
