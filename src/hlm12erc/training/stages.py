@@ -19,12 +19,17 @@ import torch
 
 from hlm12erc import tracking
 from hlm12erc.config import ConfigError, Params
-from hlm12erc.features.store import MODALITIES, FeatureSet, featurize_tables
+from hlm12erc.features.store import MODALITIES, TABLE_SPLITS, FeatureSet, featurize_tables
 from hlm12erc.training.metrics import compute_metrics, confusion, report_text
 from hlm12erc.training.trainer import as_batch, load_model, predict_logits, save_model, select_device, train_model
 
 
 def featurize_stage(params: Params, tables_dir: str | Path, out_dir: str | Path) -> dict[str, FeatureSet]:
+    from hlm12erc.data.meld import load_table
+
+    for split in TABLE_SPLITS:  # bad rows fail before any slow work
+        if (Path(tables_dir) / f"{split}.csv").exists():
+            load_table(Path(tables_dir) / f"{split}.csv", params.labels)
     tracking.ensure_store()  # once, before train/evaluate runs may start in parallel
     return featurize_tables(tables_dir, out_dir, params.features, params.labels)
 
