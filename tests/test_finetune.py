@@ -219,3 +219,11 @@ def test_bad_config_is_rejected():
         ft.FinetuneConfig(pooling="max").validate()
     with pytest.raises(ValueError, match="unknown key"):
         ft.FinetuneConfig.from_dict({"nope": 1})
+
+
+def test_time_budget_stops_before_an_epoch_that_would_overrun(tmp_path, tiny_model_dir):
+    train, valid = make_table(2, 6, seed=7), make_table(1, 6, "valid", seed=8)
+    summary = ft.train_finetune(tiny_cfg(tiny_model_dir, epochs=3, max_minutes=1e-6), train, valid, LABELS,
+                                tmp_path / "m")
+    assert summary["epochs_run"] == 1 and summary["stopped_by_budget"]
+    assert (tmp_path / "m" / "model.pt").exists()

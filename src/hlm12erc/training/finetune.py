@@ -69,6 +69,7 @@ class FinetuneConfig:
     focal_gamma: float = 2.0  # focal loss focusing parameter
     label_smoothing: float = 0.0  # ce/weighted_ce only
     patience: int = 2  # epochs without a better valid weighted-F1 before stopping
+    max_minutes: float | None = None  # wall-clock budget: no new epoch that would end past it (None = off)
     seed: int = 42
     max_train_rows: int | None = None  # None = all; a seeded subset for smoke runs
     threads: int = 0  # torch CPU threads; 0 = all cores this process may use
@@ -453,6 +454,7 @@ def train_finetune(cfg: FinetuneConfig, train: pd.DataFrame, valid: pd.DataFrame
 
     history: list[dict[str, Any]] = []
     best_f1, best_epoch, stale = -1.0, 0, 0
+    stopped_by_budget = False
     started = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
@@ -499,9 +501,13 @@ def train_finetune(cfg: FinetuneConfig, train: pd.DataFrame, valid: pd.DataFrame
             on_epoch(dict(row))
         if stale >= cfg.patience:
             break
+        elapsed = time.perf_counter() - started
+        if cfg.max_minutes is not None and epoch < cfg.epochs and elapsed * (epoch + 1) / epoch > cfg.max_minutes * 60:
+            stopped_by_budget = True
+            break
     return {"best_epoch": best_epoch, "best_valid_weighted_f1": best_f1, "epochs_run": len(history),
             "train_seconds": time.perf_counter() - started, "n_train": len(train_x), "n_valid": len(valid_x),
-            "device": str(device), "history": history, "out_dir": str(out_dir)}
+            "device": str(device), "stopped_by_budget": stopped_by_budget, "history": history, "out_dir": str(out_dir)}
 
 
 def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
