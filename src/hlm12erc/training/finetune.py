@@ -59,7 +59,7 @@ class FinetuneConfig:
     lr: float = 1e-4  # encoder body; MiniLM is small and wants more than BERT's 2e-5
     head_lr: float | None = 1e-3  # the fresh linear head; None = lr
     warmup_ratio: float = 0.1  # linear warm-up over this share of the optimiser steps, then linear decay to 0
-    epochs: int = 5  # upper bound; early stopping usually ends earlier or at the last epoch
+    epochs: int = 4  # the linear decay reaches 0 at the last epoch; early stopping may end sooner
     batch_size: int = 32
     grad_accum: int = 1  # optimiser step every grad_accum batches (effective batch = product)
     weight_decay: float = 0.01  # AdamW; not on biases and LayerNorm weights
