@@ -9,8 +9,6 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-# pipeline/ holds tabulate.py, which would shadow the `tabulate` package that torch imports.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
 from hlm12erc.config import ConfigError, load_params  # noqa: E402
 from hlm12erc.data.meld import DataError  # noqa: E402

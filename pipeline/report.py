@@ -6,8 +6,6 @@ import argparse
 import os
 import sys
 
-# pipeline/ holds tabulate.py, which would shadow the `tabulate` package that torch imports.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
 from hlm12erc.config import ConfigError, load_params  # noqa: E402
 

@@ -106,6 +106,7 @@ class TrainParams:
     weight_decay: float = 0.01
     patience: int = 10  # epochs without a better valid weighted-F1 before stopping
     device: str = "auto"  # auto | cpu | cuda
+    threads: int = 1  # CPU threads for the (tiny) fusion models; 0 = all cores
     eval_batch_size: int = 256  # batch size for evaluation/prediction
 
 

@@ -11,9 +11,11 @@ missing-modality mask (B, M), True = present, in ``config.modalities`` order.
 4. Fusion, per sample, never across the samples of a batch:
    ``concat``     the M projected vectors and the mask, concatenated;
    ``attention``  the M vectors are tokens (B, M, hidden) + a learned modality embedding, one
-                  pre-norm self-attention block with the absent modalities as masked keys,
-                  then the mean over present tokens. A sample with no modality at all attends
-                  over all (zero) tokens instead of none, so it gives finite logits.
+                  pre-norm self-attention block with the absent modalities as masked keys;
+                  the attended tokens (absent ones zeroed) and the mask are concatenated, so
+                  the head still knows which modality said what (a mean over tokens lost
+                  that: 0.62 vs 0.69 weighted-F1 on the demo). A sample with no modality at
+                  all attends over all (zero) tokens instead of none, so it gives finite logits.
 5. Head: Linear, GELU, Dropout, Linear -> logits. The fused vector is also returned as
    ``embedding`` for the auxiliary (contrastive / triplet) losses.
 """
@@ -111,9 +113,7 @@ class ERCModel(nn.Module):
         if config.fusion == "attention":
             self.modality_embedding = nn.Parameter(torch.randn(len(modalities), hidden) * 0.02)
             self.attention = ModalityAttention(hidden, config.heads, config.dropout)
-            fused = hidden
-        else:
-            fused = hidden * len(modalities) + len(modalities)
+        fused = hidden * len(modalities) + len(modalities)
         self.head = nn.Sequential(nn.Linear(fused, hidden), nn.GELU(), nn.Dropout(config.dropout),
                                   nn.Linear(hidden, config.n_classes))
 
@@ -148,13 +148,11 @@ class ERCModel(nn.Module):
             return ERCOutput(self.linear(fused), fused)
         tokens = torch.stack([self.project[m](x) for m, x in zip(self.config.modalities, normalized)], dim=1)
         tokens = tokens * weights  # absent modalities are zero after the projection
-        if self.config.fusion == "concat":
-            fused = torch.cat([tokens.flatten(1), present.float()], dim=-1)
-        else:
+        if self.config.fusion == "attention":
             none_present = ~present.any(dim=1, keepdim=True)
             keys = present | none_present  # nothing to attend to -> attend to everything (finite)
-            tokens = self.attention(tokens + self.modality_embedding, keys)
-            fused = (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # masked mean
+            tokens = self.attention(tokens + self.modality_embedding, keys) * weights
+        fused = torch.cat([tokens.flatten(1), present.float()], dim=-1)
         return ERCOutput(self.head(fused), fused)
 
     def checkpoint_config(self) -> dict:

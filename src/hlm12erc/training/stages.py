@@ -21,7 +21,8 @@ from hlm12erc import tracking
 from hlm12erc.config import ConfigError, Params
 from hlm12erc.features.store import MODALITIES, TABLE_SPLITS, FeatureSet, featurize_tables
 from hlm12erc.training.metrics import compute_metrics, confusion, report_text
-from hlm12erc.training.trainer import as_batch, load_model, predict_logits, save_model, select_device, train_model
+from hlm12erc.training.trainer import (as_batch, load_model, predict_logits, save_model, select_device,
+                                       set_cpu_threads, train_model)
 
 
 def featurize_stage(params: Params, tables_dir: str | Path, out_dir: str | Path) -> dict[str, FeatureSet]:
@@ -85,6 +86,7 @@ def train_stage(params: Params, objective_name: str, tables_dir: str | Path, fea
 def evaluate_stage(params: Params, model_dir: str | Path, tables_dir: str | Path, features_dir: str | Path,
                    split: str, metrics_path: str | Path, plots_dir: str | Path) -> tuple[dict, str]:
     """Score a checkpoint on ``split``; write the metrics JSON and plots; log one MLflow run."""
+    set_cpu_threads(params.train.threads)
     device = select_device(params.train.device)
     model, config = load_model(model_dir, device)
     name = (config.get("objective") or {}).get("name") or Path(model_dir).name
