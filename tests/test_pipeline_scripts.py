@@ -122,3 +122,43 @@ def test_featurize_rejects_a_label_outside_the_set(erc_tables, tmp_path):
     result = _run("pipeline/featurize.py", "--tables", str(tables), "--out", str(tmp_path / "f"), tmp=tmp_path)
     assert result.returncode == 2
     assert "row 4" in result.stderr and "contempt" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_finetune_objective_trains_and_evaluates_through_the_stage_scripts(erc_tables, fast_params, erc_mlflow_uri,
+                                                                          tmp_path):
+    """kind=finetune goes through the same train/evaluate scripts, metrics JSON and MLflow runs."""
+    import mlflow
+
+    raw = yaml.safe_load(fast_params.read_text())
+    raw["objectives"]["text_finetune"]["finetune"].update(epochs=1, max_tokens=32, batch_size=8)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    model, plots = tmp_path / "models" / "tf", tmp_path / "plots" / "tf"
+    assert script("train").main(["--params", str(params), "--objective", "text_finetune", "--tables",
+                                 str(erc_tables), "--features", str(tmp_path / "unused"), "--out", str(model),
+                                 "--plots", str(plots)]) == 0
+    config = json.loads((model / "config.json").read_text())
+    assert config["kind"] == "finetune" and config["objective"]["name"] == "text_finetune"
+    assert pd.read_csv(plots / "history.csv")["epoch"].tolist() == [1]
+    metrics_path = tmp_path / "metrics" / "tf.json"
+    assert script("evaluate").main(["--params", str(params), "--model", str(model), "--tables", str(erc_tables),
+                                    "--features", str(tmp_path / "unused"), "--split", "test",
+                                    "--metrics", str(metrics_path), "--plots", str(plots)]) == 0
+    metrics = json.loads(metrics_path.read_text())
+    assert metrics["objective"] == "text_finetune" and metrics["n"] == 14
+    predictions = pd.read_csv(plots / "predictions.csv")
+    assert predictions[[f"p_{label}" for label in ERC_LABELS]].sum(axis=1).round(4).eq(1.0).all()
+    mlflow.set_tracking_uri(erc_mlflow_uri)
+    runs = mlflow.search_runs(experiment_names=["hlm12erc"])
+    assert {"train-text_finetune", "evaluate-text_finetune"} <= set(runs["tags.mlflow.runName"])
+
+
+def test_finetune_objective_must_be_text_only(erc_tables, fast_params, tmp_path, capsys):
+    raw = yaml.safe_load(fast_params.read_text())
+    raw["objectives"]["text_finetune"]["modalities"] = ["text", "audio"]
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    assert script("train").main(["--params", str(params), "--objective", "text_finetune", "--tables",
+                                 str(erc_tables), "--features", str(tmp_path), "--out", str(tmp_path / "m"),
+                                 "--plots", str(tmp_path / "p")]) == 2
+    assert "modalities: [text]" in capsys.readouterr().err

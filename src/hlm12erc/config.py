@@ -115,6 +115,7 @@ class ObjectiveConfig:
     """One named model config (an objective of the original study)."""
 
     name: str = "text"
+    kind: str = "features"  # features (a fusion model on cached features) | finetune (MiniLM end to end)
     modalities: list[str] = field(default_factory=lambda: ["text"])  # subset of text/audio/visual
     fusion: str = "concat"  # concat | attention
     hidden: int = 128  # projection width; 0 = linear model on the concatenated features
@@ -129,6 +130,7 @@ class ObjectiveConfig:
     lr: float | None = None  # overrides train.lr
     epochs: int | None = None  # overrides train.epochs
     train_table: str = "train"  # train | sample
+    finetune: dict[str, Any] = field(default_factory=dict)  # kind=finetune: FinetuneConfig fields
 
 
 @dataclass

@@ -49,6 +49,10 @@ def load_split(features_dir: str | Path, tables_dir: str | Path, split: str) -> 
 
 def _check_objective(params: Params, name: str):
     objective = params.objective(name)
+    if objective.kind not in ("features", "finetune"):
+        raise ConfigError(f"objective {name}: kind '{objective.kind}' is not features or finetune")
+    if objective.kind == "finetune" and list(objective.modalities) != ["text"]:
+        raise ConfigError(f"objective {name}: kind finetune fine-tunes the text encoder; set modalities: [text]")
     unknown = [m for m in objective.modalities if m not in MODALITIES]
     if unknown or not objective.modalities:
         raise ConfigError(f"objective {name}: modalities {objective.modalities} must be a non-empty subset of "
@@ -60,6 +64,8 @@ def train_stage(params: Params, objective_name: str, tables_dir: str | Path, fea
                 out_dir: str | Path, plots_dir: str | Path, progress: bool = True) -> dict:
     """Train one objective; write model.pt/config.json and history.csv; log one MLflow run."""
     objective = _check_objective(params, objective_name)
+    if objective.kind == "finetune":
+        return _train_finetune_stage(params, objective, tables_dir, out_dir, plots_dir)
     train_set = load_split(features_dir, tables_dir, objective.train_table)
     valid_set = load_split(features_dir, tables_dir, "valid")
     device = select_device(params.train.device)
@@ -86,21 +92,17 @@ def train_stage(params: Params, objective_name: str, tables_dir: str | Path, fea
 def evaluate_stage(params: Params, model_dir: str | Path, tables_dir: str | Path, features_dir: str | Path,
                    split: str, metrics_path: str | Path, plots_dir: str | Path) -> tuple[dict, str]:
     """Score a checkpoint on ``split``; write the metrics JSON and plots; log one MLflow run."""
-    set_cpu_threads(params.train.threads)
-    device = select_device(params.train.device)
-    model, config = load_model(model_dir, device)
+    config_path = Path(model_dir) / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{config_path} not found; run the train stage for this model first")
+    config = json.loads(config_path.read_text(encoding="utf-8"))
     name = (config.get("objective") or {}).get("name") or Path(model_dir).name
-    features = load_split(features_dir, tables_dir, split)
-    for m in model.config.modalities:
-        if features.dims[m] != model.config.input_dims[m]:
-            raise ConfigError(f"{features_dir}/{split}: {m} features are {features.dims[m]}-d but {model_dir} "
-                              f"expects {model.config.input_dims[m]}-d; retrain after changing `features`")
-    labels = model.config.labels
-    data = as_batch(features, model.config.modalities, labels, f"{split} features")
-    logits = predict_logits(model, data, params.train.eval_batch_size, device)
-    probs = torch.softmax(logits, dim=-1).numpy()
+    if config.get("kind") == "finetune":
+        probs, labels, index = _predict_finetuned(params, model_dir, tables_dir, split, config)
+    else:
+        probs, labels, index = _predict_features(params, model_dir, tables_dir, features_dir, split)
     predicted = [labels[i] for i in probs.argmax(1)]
-    actual = features.labels
+    actual = index["label"].astype(str).tolist()
     metrics = {"objective": name, "split": split, **compute_metrics(actual, predicted, labels)}
     report = report_text(actual, predicted, labels)
     counts = confusion(actual, predicted, labels)
@@ -110,7 +112,7 @@ def evaluate_stage(params: Params, model_dir: str | Path, tables_dir: str | Path
     plots_dir.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     pd.DataFrame({"actual": actual, "predicted": predicted}).to_csv(plots_dir / "confusion.csv", index=False)
-    predictions = pd.DataFrame({"clip_id": features.index["clip_id"], "label": actual, "predicted": predicted})
+    predictions = pd.DataFrame({"clip_id": index["clip_id"], "label": actual, "predicted": predicted})
     for i, label in enumerate(labels):
         predictions[f"p_{label}"] = np.round(probs[:, i], 6)
     predictions.to_csv(plots_dir / "predictions.csv", index=False)
@@ -129,6 +131,77 @@ def evaluate_stage(params: Params, model_dir: str | Path, tables_dir: str | Path
     return metrics, report
 
 
+def _predict_features(params: Params, model_dir: str | Path, tables_dir: str | Path, features_dir: str | Path,
+                      split: str) -> tuple[np.ndarray, list[str], pd.DataFrame]:
+    """Probabilities of a fusion model on the cached features of ``split``."""
+    set_cpu_threads(params.train.threads)
+    device = select_device(params.train.device)
+    model, _config = load_model(model_dir, device)
+    features = load_split(features_dir, tables_dir, split)
+    for m in model.config.modalities:
+        if features.dims[m] != model.config.input_dims[m]:
+            raise ConfigError(f"{features_dir}/{split}: {m} features are {features.dims[m]}-d but {model_dir} "
+                              f"expects {model.config.input_dims[m]}-d; retrain after changing `features`")
+    labels = model.config.labels
+    data = as_batch(features, model.config.modalities, labels, f"{split} features")
+    logits = predict_logits(model, data, params.train.eval_batch_size, device)
+    return torch.softmax(logits, dim=-1).numpy(), labels, features.index
+
+
+def _predict_finetuned(params: Params, model_dir: str | Path, tables_dir: str | Path, split: str,
+                       config: dict) -> tuple[np.ndarray, list[str], pd.DataFrame]:
+    """Probabilities of a fine-tuned text model on the table of ``split`` (context as in training)."""
+    from hlm12erc.data.meld import load_table
+    from hlm12erc.training.finetune import load_finetuned, predict_proba
+
+    labels = list(config["labels"])
+    table = load_table(Path(tables_dir) / f"{split}.csv", labels)
+    loaded = load_finetuned(model_dir, params.train.device)
+    return predict_proba(loaded, table, batch_size=params.train.eval_batch_size), labels, table
+
+
+def _train_finetune_stage(params: Params, objective, tables_dir: str | Path, out_dir: str | Path,
+                          plots_dir: str | Path) -> dict:
+    """kind=finetune: fine-tune MiniLM on the text tables (features are not used)."""
+    from hlm12erc.data.meld import load_table
+    from hlm12erc.training.finetune import FinetuneConfig, train_finetune
+
+    cfg = FinetuneConfig.from_dict({"seed": params.train.seed, "device": params.train.device,
+                                    **objective.finetune})
+    train = load_table(Path(tables_dir) / f"{objective.train_table}.csv", params.labels)
+    valid = load_table(Path(tables_dir) / "valid.csv", params.labels)
+    out_dir, plots_dir = Path(out_dir), Path(plots_dir)
+    logged = {"objective": asdict(objective), "finetune": asdict(cfg), "labels": params.labels}
+    with tracking.start_run("train", objective.name, logged):
+        summary = train_finetune(cfg, train, valid, list(params.labels), out_dir,
+                                 on_epoch=lambda row: tracking.log_metrics(
+                                     {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"])))
+        config_path = out_dir / "config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config["objective"] = asdict(objective)
+        config_path.write_text(json.dumps(config, indent=2, default=str) + "\n", encoding="utf-8")
+        plots_dir.mkdir(parents=True, exist_ok=True)
+        pd.read_csv(out_dir / "history.csv").to_csv(plots_dir / "history.csv", index=False)
+        tracking.log_metrics({"best_valid_weighted_f1": summary["best_valid_weighted_f1"],
+                              "best_epoch": summary["best_epoch"], "epochs_run": summary["epochs_run"],
+                              "train_seconds": summary["train_seconds"]})
+        tracking.log_artifacts(out_dir, "model")
+    return {"objective": objective.name, "best_epoch": summary["best_epoch"],
+            "best_valid_weighted_f1": summary["best_valid_weighted_f1"], "epochs_run": summary["epochs_run"]}
+
+
+def _describe(objective) -> tuple[str, str, str]:
+    """(modalities, fusion, loss) of an objective, as the report table shows them."""
+    if objective.kind == "finetune":
+        from hlm12erc.training.finetune import FinetuneConfig
+
+        return "text", "fine-tuned MiniLM", FinetuneConfig.from_dict(dict(objective.finetune)).loss
+    loss = objective.loss
+    if objective.aux_loss != "none":
+        loss = f"{loss} + {objective.aux_weight:g} {objective.aux_loss}"
+    return "+".join(objective.modalities), "linear" if objective.hidden == 0 else objective.fusion, loss
+
+
 REPORT_COLUMNS = ("objective", "modalities", "fusion", "loss", "accuracy", "weighted_f1", "macro_f1")
 
 
@@ -142,14 +215,9 @@ def report_stage(params: Params, metrics_dir: str | Path, objectives: Sequence[s
             raise ConfigError(f"{path} not found: evaluate objective '{name}' first (`dvc repro evaluate@{name}`)")
         metrics = json.loads(path.read_text(encoding="utf-8"))
         objective = params.objectives.get(name)
-        loss = objective.loss if objective else "?"
-        if objective and objective.aux_loss != "none":
-            loss = f"{loss} + {objective.aux_weight:g} {objective.aux_loss}"
-        rows.append({"objective": name,
-                     "modalities": "+".join(objective.modalities) if objective else "?",
-                     "fusion": ("linear" if objective.hidden == 0 else objective.fusion) if objective else "?",
-                     "loss": loss, **{k: round(float(metrics[k]), 4)
-                                      for k in ("accuracy", "weighted_f1", "macro_f1")}})
+        modalities, fusion, loss = _describe(objective) if objective else ("?", "?", "?")
+        rows.append({"objective": name, "modalities": modalities, "fusion": fusion, "loss": loss,
+                     **{k: round(float(metrics[k]), 4) for k in ("accuracy", "weighted_f1", "macro_f1")}})
     table = pd.DataFrame(rows, columns=list(REPORT_COLUMNS))
     for path in (out_md, out_csv, out_plot):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
