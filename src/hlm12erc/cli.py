@@ -1,0 +1,136 @@
+"""``hlm12erc`` console command. ``hlm12erc predict CONVERSATION`` (see :mod:`hlm12erc.predict`).
+
+Every bad input ends with one line on stderr (what, why, how to fix) and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_MODEL = "models/headline"
+DEFAULT_PARAMS = "params.yaml"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit code 2)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: {message}; see `{self.prog} --help`\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="hlm12erc", description="Emotion recognition in conversations (MELD).")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    predict = commands.add_parser(
+        "predict", help="predict the emotion of every turn of a conversation",
+        description="Predict the emotion of every turn of a conversation file: CSV or JSON (a list of turns or "
+                    "{\"turns\": [...]}) with speaker, text and optionally clip (an mp4, relative to the file) "
+                    "and dialogue. Prints a table, or writes --out.")
+    predict.add_argument("conversation", help="conversation .csv or .json")
+    source = predict.add_mutually_exclusive_group()
+    source.add_argument("--model", default=None,
+                        help=f"trained model folder (default {DEFAULT_MODEL}, the DVC headline model)")
+    source.add_argument("--model-uri", default=None,
+                        help="an MLflow model URI instead, e.g. models:/hlm12erc/1 or runs:/<run id>/model "
+                             "(store: HLM12ERC_MLFLOW_URI, else MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    predict.add_argument("--out", default=None, help="write the predictions to this .csv or .json instead")
+    predict.add_argument("--params", default=None,
+                         help=f"params.yaml for the extract settings of clips (default {DEFAULT_PARAMS} when present)")
+    return parser
+
+
+def _extract_params(path: str | None):
+    from hlm12erc.config import ExtractParams, TrainParams, load_params
+
+    if path is None and not Path(DEFAULT_PARAMS).is_file():
+        return ExtractParams(), TrainParams()
+    params = load_params(path or DEFAULT_PARAMS)
+    return params.extract, params.train
+
+
+def _load_uri(uri: str):
+    """The pyfunc model at ``uri`` and its Predictor (for the model's modalities)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import logging
+
+    import mlflow
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no store-creation INFO lines on stderr
+
+    from hlm12erc import tracking
+
+    from mlflow.exceptions import MlflowException
+
+    from hlm12erc.predict import PredictError
+
+    store = os.environ.get(tracking.URI_ENV) or os.environ.get("MLFLOW_TRACKING_URI") or tracking.tracking_uri()
+    mlflow.set_tracking_uri(store)
+    try:
+        model = mlflow.pyfunc.load_model(uri)
+    except (MlflowException, OSError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise PredictError(f"cannot load model URI {uri} from store {store} ({first}); check the name/version "
+                           "(`mlflow ui`, Models tab) or point HLM12ERC_MLFLOW_URI at the right store") from None
+    return model, model.unwrap_python_model().predictor
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    from hlm12erc.predict import Predictor, fallback_note, format_result, read_conversation, write_result
+
+    if args.out and Path(args.out).suffix.lower() not in (".csv", ".json"):
+        print(f"predict: --out {args.out}: unsupported suffix; use .csv or .json", file=sys.stderr)
+        return 2
+    extract, train = _extract_params(args.params)
+    turns = read_conversation(args.conversation)  # checked before any model loads
+    if args.model_uri:
+        model, predictor = _load_uri(args.model_uri)
+        result = model.predict(turns)
+    else:
+        from hlm12erc.training.trainer import select_device
+
+        predictor = Predictor.load(args.model or DEFAULT_MODEL, extract, device=str(select_device(train.device)),
+                                   eval_batch_size=train.eval_batch_size)
+        result = predictor.predict(turns)
+    note = fallback_note(result, predictor.modalities)
+    if note:
+        print(note, file=sys.stderr)
+    if args.out:
+        path = write_result(result, args.out)
+        print(f"wrote {len(result)} prediction(s) to {path}")
+    else:
+        print(format_result(result))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # stderr keeps only our note / error line
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    args = _parser().parse_args(argv)
+    from hlm12erc.config import ConfigError
+    from hlm12erc.data.meld import DataError
+
+    handled: tuple[type[BaseException], ...] = (ConfigError, DataError, FileNotFoundError, ValueError, OSError)
+    try:
+        from mlflow.exceptions import MlflowException
+
+        handled += (MlflowException,)
+    except ImportError:  # pragma: no cover - mlflow is a dependency
+        pass
+    try:
+        if args.command == "predict":
+            return predict_command(args)
+    except handled as error:
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"{args.command}: {message}", file=sys.stderr)
+        return 2
+    return 2  # pragma: no cover - argparse requires a command
+
+
+if __name__ == "__main__":
+    sys.exit(main())

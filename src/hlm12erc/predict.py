@@ -1,0 +1,331 @@
+"""Predict the emotions of a new conversation with a trained model folder.
+
+A conversation is a CSV or JSON file (a list of turns, or ``{"turns": [...]}``) with, per
+turn, ``speaker`` and ``text``, optionally ``clip`` (an mp4 path, relative to the file) and
+``dialogue`` (several dialogues in one file). It becomes a 1NF table like the training tables
+(``split, dialogue, sequence, speaker, x_text, x_visual, x_audio, label...``; ``label`` is a
+placeholder), so the dialogue context is built exactly as in training: the featurizer's
+context window for feature models, the fine-tune input builder for ``kind: finetune`` models.
+
+Clips are decoded with :mod:`hlm12erc.media` (the extract stage's code and params) into a temp
+folder. A turn without a clip, or whose clip fails to decode, has its audio/visual masks False
+and is predicted from the modalities present; the ``used`` and ``media_status`` columns say so.
+A clip path that does not exist or cannot be read is bad input (:class:`PredictError`).
+
+Output: one row per turn, ``dialogue, turn, speaker, text, predicted, p_<label>..., used,
+media_status``, in input order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hlm12erc.config import ExtractParams, FeatureParams
+from hlm12erc.data.meld import DataError, normalize_text
+
+REQUIRED_COLUMNS = ("speaker", "text")
+OPTIONAL_COLUMNS = ("clip", "dialogue")
+MEDIA_MODALITIES = ("audio", "visual")
+DEFAULT_DIALOGUE = "0"
+
+
+class PredictError(DataError):
+    """Bad input for prediction; the message says what, why and how to fix it (one line)."""
+
+
+# ----------------------------------------------------------------------------- the conversation
+
+def read_conversation(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """A conversation file -> checked turns (clip paths resolved against the file's folder)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PredictError(f"{path}: conversation file not found; pass a .csv or .json file with "
+                           "columns speaker, text (optional clip, dialogue)")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        try:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except pd.errors.EmptyDataError:
+            raise PredictError(f"{path}: empty file; expected a header row with speaker,text "
+                               "(optional clip, dialogue) and one row per turn") from None
+        except (pd.errors.ParserError, UnicodeDecodeError) as error:
+            raise PredictError(f"{path}: not a readable CSV ({str(error).splitlines()[0]}); "
+                               "save it as UTF-8 CSV with columns speaker,text") from None
+    elif suffix == ".json":
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if not text.strip():
+            raise PredictError(f"{path}: empty file; expected a JSON list of turns "
+                               '[{"speaker": ..., "text": ...}] or {"turns": [...]}')
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise PredictError(f"{path}: invalid JSON ({error.msg} at line {error.lineno}); expected a list of "
+                               'turns [{"speaker": ..., "text": ...}] or {"turns": [...]}') from None
+        frame = turns_frame(raw, str(path))
+    else:
+        raise PredictError(f"{path}: unsupported file type '{suffix or '(none)'}'; use .csv or .json")
+    return check_conversation(frame, str(path), base_dir=path.parent)
+
+
+def turns_frame(raw: Any, source: str = "input") -> pd.DataFrame:
+    """A JSON list of turn objects (or ``{"turns": [...]}``) -> a DataFrame."""
+    if isinstance(raw, dict):
+        if "turns" not in raw:
+            raise PredictError(f"{source}: a JSON object needs a 'turns' list (found keys {sorted(raw)}); "
+                               'write {"turns": [{"speaker": ..., "text": ...}, ...]}')
+        raw = raw["turns"]
+    if not isinstance(raw, list):
+        raise PredictError(f"{source}: expected a list of turns, got {type(raw).__name__}; "
+                           'write [{"speaker": ..., "text": ...}, ...]')
+    for i, turn in enumerate(raw):
+        if not isinstance(turn, dict):
+            raise PredictError(f"{source}: turn {i + 1} is a {type(turn).__name__}, not an object; "
+                               'write each turn as {"speaker": ..., "text": ...}')
+    return pd.DataFrame(raw)
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    return str(value).strip()
+
+
+def check_conversation(frame: pd.DataFrame, source: str = "input",
+                       base_dir: str | os.PathLike[str] | None = None) -> pd.DataFrame:
+    """Validate the turns; returns ``speaker, text, clip, dialogue`` as strings, clips absolute.
+
+    Column names are matched case-insensitively. Unknown or missing columns, no turns, and a
+    clip path that is not a readable file are :class:`PredictError`.
+    """
+    if not isinstance(frame, pd.DataFrame):
+        raise PredictError(f"{source}: expected a table of turns (pandas DataFrame), got {type(frame).__name__}")
+    renamed = {c: str(c).strip().lower() for c in frame.columns}
+    frame = frame.rename(columns=renamed)
+    allowed = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
+    unknown = [c for c in frame.columns if c not in allowed]
+    if unknown:
+        raise PredictError(f"{source}: unknown column(s) {unknown}; a turn has speaker, text and optionally "
+                           f"clip, dialogue: rename or drop the others")
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise PredictError(f"{source}: missing column(s) {missing} (found {list(frame.columns)}); every turn "
+                           "needs speaker and text")
+    if len(frame) == 0:
+        raise PredictError(f"{source}: no turns; add at least one row with speaker and text")
+    base = (Path(base_dir) if base_dir is not None else Path.cwd()).resolve()
+    out = pd.DataFrame({
+        "speaker": [_cell(v) for v in frame["speaker"]],
+        "text": [_cell(v) for v in frame["text"]],
+        "clip": "",
+        "dialogue": [_cell(v) or DEFAULT_DIALOGUE for v in frame["dialogue"]] if "dialogue" in frame.columns
+        else DEFAULT_DIALOGUE,
+    })
+    if "clip" in frame.columns:
+        clips = []
+        for i, value in enumerate(frame["clip"]):
+            value = _cell(value)
+            if value:
+                clip = Path(value).expanduser()
+                clip = clip if clip.is_absolute() else base / clip
+                if not clip.is_file() or not os.access(clip, os.R_OK):
+                    why = "is not a file" if clip.exists() else "does not exist"
+                    if clip.is_file():
+                        why = "is not readable"
+                    raise PredictError(f"{source}: turn {i + 1}: clip {value} {why} (resolved to {clip}); "
+                                       "fix the path (relative paths are relative to the conversation file) "
+                                       "or leave the clip cell empty")
+                value = str(clip.resolve())
+            clips.append(value)
+        out["clip"] = clips
+    return out
+
+
+def conversation_table(turns: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
+    """Checked turns -> 1NF table rows (media empty; ``sequence`` = order within its dialogue)."""
+    placeholder = "neutral" if "neutral" in labels else labels[0]
+    sequence = turns.groupby("dialogue", sort=False).cumcount().to_numpy()
+    table = pd.DataFrame({
+        "split": "predict",
+        "source_split": "predict",
+        "dialogue": turns["dialogue"].astype(str).to_numpy(),
+        "sequence": sequence,
+        "clip_id": [f"turn{i}" for i in range(len(turns))],
+        "speaker": turns["speaker"].map(normalize_text).to_numpy(),
+        "x_text": turns["text"].map(normalize_text).to_numpy(),
+        "x_text_raw": turns["text"].to_numpy(),
+        "x_visual": "",
+        "x_audio": "",
+        "label": placeholder,
+        "sentiment": "",
+        "media_status": ["no_clip" if not c else "pending" for c in turns["clip"]],
+    })
+    return table
+
+
+def extract_media(table: pd.DataFrame, clips: list[str], media_dir: str | os.PathLike[str],
+                  params: ExtractParams) -> pd.DataFrame:
+    """Decode each row's clip into ``media_dir`` (frames + 16 kHz wav); fills x_visual/x_audio/media_status."""
+    from hlm12erc import media
+
+    root = str(Path(media_dir).resolve())
+    table = table.copy()
+    for row, clip in enumerate(clips):
+        if not clip:
+            continue
+        job = media.Job("predict", table["clip_id"].iat[row], row, int(table["sequence"].iat[row]), clip, root)
+        record, _ = media.extract_one(job, params)
+        table.loc[table.index[row], "media_status"] = record["status"]
+        table.loc[table.index[row], "x_visual"] = str(Path(root) / record["frames_dir"]) if record["frames_dir"] else ""
+        table.loc[table.index[row], "x_audio"] = str(Path(root) / record["wav"]) if record["wav"] else ""
+    return table
+
+
+# ----------------------------------------------------------------------------- the model
+
+@dataclass
+class Predictor:
+    """A trained model folder (feature fusion model or fine-tuned MiniLM), ready to predict."""
+
+    model_dir: Path
+    kind: str  # features | finetune
+    labels: list[str]
+    modalities: list[str]
+    model: Any
+    extract: ExtractParams
+    feature_params: FeatureParams | None = None
+    device: str = "cpu"
+    eval_batch_size: int = 256
+    _featurizer: Any = None
+
+    @classmethod
+    def load(cls, model_dir: str | os.PathLike[str], extract: ExtractParams | None = None,
+             device: str = "cpu", eval_batch_size: int = 256) -> "Predictor":
+        model_dir = Path(model_dir)
+        config_path = model_dir / "config.json"
+        if not config_path.is_file():
+            why = "does not exist" if not model_dir.exists() else "has no config.json"
+            raise PredictError(f"model folder {model_dir} {why}; train it first (`dvc repro train_headline` "
+                               "writes models/headline) or pass --model DIR / --model-uri models:/hlm12erc/1")
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except ValueError:
+            raise PredictError(f"{config_path}: not valid JSON; retrain the model") from None
+        extract = extract or ExtractParams()
+        if config.get("kind") == "finetune":
+            from hlm12erc.training.finetune import load_finetuned
+
+            loaded = load_finetuned(model_dir, device)
+            return cls(model_dir, "finetune", list(loaded[3]), ["text"], loaded, extract, None, device,
+                       eval_batch_size)
+        from hlm12erc.training.trainer import load_model
+
+        try:
+            model, _ = load_model(model_dir, device)
+        except (KeyError, TypeError, RuntimeError) as error:
+            raise PredictError(f"{model_dir}: not a model folder written by the train stage ({error}); "
+                               "retrain it") from None
+        feature_params = getattr(model, "feature_params", None) or FeatureParams()
+        return cls(model_dir, "features", list(model.config.labels), list(model.config.modalities), model,
+                   extract, feature_params, device, eval_batch_size)
+
+    @property
+    def needs_media(self) -> bool:
+        return any(m in self.modalities for m in MEDIA_MODALITIES)
+
+    def predict(self, conversation: pd.DataFrame, base_dir: str | os.PathLike[str] | None = None) -> pd.DataFrame:
+        """Turns (speaker, text, optional clip/dialogue) -> one prediction row per turn."""
+        turns = check_conversation(conversation, "conversation", base_dir)
+        table = conversation_table(turns, self.labels)
+        with tempfile.TemporaryDirectory(prefix="hlm12erc-predict-") as media_dir:
+            if self.needs_media:
+                table = extract_media(table, turns["clip"].tolist(), media_dir, self.extract)
+            else:
+                table["media_status"] = ["no_clip" if not c else "not_used" for c in turns["clip"]]
+            probs, mask = self._probabilities(table)
+        return self._result(turns, table, probs, mask)
+
+    def _probabilities(self, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(N, labels) probabilities and the (N, modalities) present-mask, in table order."""
+        import torch
+
+        if self.kind == "finetune":
+            from hlm12erc.training.finetune import predict_proba
+
+            probs = predict_proba(self.model, table, batch_size=self.eval_batch_size)
+            return probs, np.array([[bool(t.strip())] for t in table["x_text"]], dtype=bool)
+        from hlm12erc.features.store import MODALITIES, Featurizer
+        from hlm12erc.training.trainer import as_batch, predict_logits
+
+        if self._featurizer is None:
+            self._featurizer = Featurizer(self.feature_params, progress=False)
+        features = self._featurizer(table)
+        expected = self.model.config.input_dims
+        for m in self.modalities:
+            if features.dims[m] != expected[m]:
+                raise PredictError(f"{self.model_dir}: {m} features are {features.dims[m]}-d here but the model "
+                                   f"expects {expected[m]}-d; the model's config.json feature params do not "
+                                   "match the installed encoders: retrain it")
+        data = as_batch(features, self.modalities, self.labels, "conversation")
+        logits = predict_logits(self.model, data, self.eval_batch_size, torch.device(self.device))
+        columns = [MODALITIES.index(m) for m in self.modalities]
+        return torch.softmax(logits, dim=-1).numpy(), features.mask[:, columns]
+
+    def _result(self, turns: pd.DataFrame, table: pd.DataFrame, probs: np.ndarray, mask: np.ndarray) -> pd.DataFrame:
+        result = pd.DataFrame({"dialogue": turns["dialogue"].to_numpy(),
+                               "turn": table["sequence"].to_numpy() + 1,
+                               "speaker": turns["speaker"].to_numpy(),
+                               "text": turns["text"].to_numpy(),
+                               "predicted": [self.labels[i] for i in probs.argmax(1)]})
+        for i, label in enumerate(self.labels):
+            result[f"p_{label}"] = np.round(probs[:, i].astype(float), 6)
+        result["used"] = ["+".join(m for m, present in zip(self.modalities, row) if present) or "none"
+                          for row in mask]
+        result["media_status"] = table["media_status"].to_numpy()
+        return result
+
+
+def fallback_note(result: pd.DataFrame, modalities: list[str]) -> str | None:
+    """One line naming the turns predicted without some of the model's modalities, or None."""
+    full = "+".join(modalities)
+    short = result[result["used"] != full]
+    if short.empty:
+        return None
+    turns = ", ".join(f"dialogue {d} turn {t} ({s}: used {u})" for d, t, s, u in
+                      zip(short["dialogue"], short["turn"], short["media_status"], short["used"]))
+    return (f"note: {len(short)} of {len(result)} turn(s) predicted without all of the model's modalities "
+            f"({full}): {turns}")
+
+
+def format_result(result: pd.DataFrame, width: int = 40) -> str:
+    """The prediction table as aligned text (long texts cut to ``width`` characters)."""
+    shown = result.copy()
+    shown["text"] = [t if len(t) <= width else t[: width - 3] + "..." for t in shown["text"]]
+    for column in [c for c in shown.columns if c.startswith("p_")]:
+        shown[column] = shown[column].map(lambda v: f"{v:.3f}")
+    return shown.to_string(index=False)
+
+
+def write_result(result: pd.DataFrame, out: str | os.PathLike[str]) -> Path:
+    """Write ``result`` as CSV or JSON (records), chosen by the suffix of ``out``."""
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in (".csv", ".json"):
+        raise PredictError(f"--out {out}: unsupported suffix '{suffix or '(none)'}'; use .csv or .json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".csv":
+        result.to_csv(out, index=False)
+    else:
+        out.write_text(json.dumps(result.to_dict(orient="records"), indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+__all__ = ["PredictError", "Predictor", "read_conversation", "turns_frame", "check_conversation",
+           "conversation_table", "extract_media", "fallback_note", "format_result", "write_result"]
