@@ -89,7 +89,7 @@ def turns_frame(raw: Any, source: str = "input") -> pd.DataFrame:
         if not isinstance(turn, dict):
             raise PredictError(f"{source}: turn {i + 1} is a {type(turn).__name__}, not an object; "
                                'write each turn as {"speaker": ..., "text": ...}')
-    return pd.DataFrame(raw)
+    return pd.DataFrame([{str(k).strip().lower(): v for k, v in turn.items()} for turn in raw])
 
 
 def _cell(value: Any) -> str:
@@ -109,6 +109,10 @@ def check_conversation(frame: pd.DataFrame, source: str = "input",
         raise PredictError(f"{source}: expected a table of turns (pandas DataFrame), got {type(frame).__name__}")
     renamed = {c: str(c).strip().lower() for c in frame.columns}
     frame = frame.rename(columns=renamed)
+    duplicated = sorted({c for c in frame.columns if list(frame.columns).count(c) > 1})
+    if duplicated:
+        raise PredictError(f"{source}: column(s) {duplicated} given more than once (names are case-insensitive); "
+                           "keep one of each")
     allowed = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
     unknown = [c for c in frame.columns if c not in allowed]
     if unknown:

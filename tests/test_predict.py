@@ -1,0 +1,180 @@
+"""`hlm12erc predict`: conversations (CSV/JSON, with and without clips) -> per-turn emotions; bad input -> one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import ERC_LABELS
+from predict_support import CONVERSATION, train_tiny_model, write_conversation
+
+from hlm12erc import cli
+from hlm12erc.config import PROJECT_ROOT
+from hlm12erc.predict import Predictor, PredictError, check_conversation, read_conversation
+
+P_COLUMNS = [f"p_{label}" for label in ERC_LABELS]
+
+
+@pytest.fixture(scope="module")
+def model_dir(erc_features_dir, tmp_path_factory):
+    """`final` (attention fusion over text+audio+visual), a few epochs on the synthetic features."""
+    return train_tiny_model(tmp_path_factory.mktemp("model") / "final", erc_features_dir)
+
+
+@pytest.fixture(scope="module")
+def conversation_dir(tmp_path_factory):
+    """A folder with clips/joy.mp4 (H.264 + AAC, made by the demo generator) and a corrupt clip."""
+    from hlm12erc.data.demo import write_clip
+
+    folder = tmp_path_factory.mktemp("conversation")
+    write_clip(folder / "clips" / "joy.mp4", "joy", "joy", seconds=1.0, seed=1)
+    (folder / "clips" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video" * 4)
+    return folder
+
+
+def _run(argv, capsys):
+    code = cli.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_predict_csv_conversation_with_and_without_clip(model_dir, conversation_dir, capsys):
+    path = write_conversation(conversation_dir / "csv", "csv", conversation_dir / "clips" / "joy.mp4")
+    assert pd.read_csv(path, keep_default_na=False)["clip"].tolist() == ["../clips/joy.mp4", "", ""]
+    code, out, err = _run(["predict", str(path), "--model", str(model_dir), "--params", "params.yaml"], capsys)
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert lines[0].split() == ["dialogue", "turn", "speaker", "text", "predicted", *P_COLUMNS, "used",
+                                "media_status"]
+    assert len(lines) == 1 + len(CONVERSATION)
+    rows = [line.split() for line in lines[1:]]
+    assert [r[-2:] for r in rows] == [["text+audio+visual", "ok"], ["text", "no_clip"], ["text", "no_clip"]]
+    assert all(r[-10] in ERC_LABELS for r in rows)  # predicted, then 7 probabilities, used, media_status
+    notes = err.strip().splitlines()
+    assert len(notes) == 1 and notes[0].startswith("note: 2 of 3 turn(s)") and "turn 2 (no_clip: used text)" in notes[0]
+
+
+def test_predict_json_conversation_matches_csv_and_writes_csv_json(model_dir, conversation_dir, tmp_path, capsys):
+    clip = conversation_dir / "clips" / "joy.mp4"
+    csv_path = write_conversation(conversation_dir / "csv2", "csv", clip)
+    json_path = write_conversation(conversation_dir / "json", "json", clip, wrap=True)
+    assert json.loads(json_path.read_text())["turns"][0]["clip"] == "../clips/joy.mp4"
+    code, _, err = _run(["predict", str(csv_path), "--model", str(model_dir), "--out", str(tmp_path / "p.csv")], capsys)
+    assert code == 0, err
+    code, out, err = _run(["predict", str(json_path), "--model", str(model_dir), "--out", str(tmp_path / "p.json")],
+                          capsys)
+    assert code == 0 and "wrote 3 prediction(s)" in out, err
+    from_csv = pd.read_csv(tmp_path / "p.csv", dtype={"dialogue": str})
+    from_json = pd.DataFrame(json.loads((tmp_path / "p.json").read_text()))
+    assert from_json.columns.tolist() == ["dialogue", "turn", "speaker", "text", "predicted", *P_COLUMNS, "used",
+                                          "media_status"]
+    np.testing.assert_allclose(from_csv[P_COLUMNS].to_numpy(), from_json[P_COLUMNS].to_numpy(), atol=1e-6)
+    assert (from_json[P_COLUMNS].sum(axis=1) - 1).abs().max() < 1e-4
+    assert from_json["predicted"].isin(ERC_LABELS).all()
+    assert from_json["predicted"].tolist() == [ERC_LABELS[i] for i in from_json[P_COLUMNS].to_numpy().argmax(1)]
+    assert from_json["used"].tolist() == ["text+audio+visual", "text", "text"]
+
+
+def test_console_command_runs_as_a_module(model_dir, conversation_dir, tmp_path):
+    """`python -m hlm12erc predict` (what the `hlm12erc` console script calls) in a fresh process."""
+    path = write_conversation(conversation_dir / "cmd", "json")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    result = subprocess.run([sys.executable, "-m", "hlm12erc", "predict", str(path), "--model", str(model_dir),
+                             "--out", str(tmp_path / "p.json")], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                            timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((tmp_path / "p.json").read_text())
+    assert [r["speaker"] for r in rows] == ["Ross", "Rachel", "Joey"]
+    assert {r["used"] for r in rows} == {"text"} and {r["media_status"] for r in rows} == {"no_clip"}
+    assert "note: 3 of 3 turn(s)" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_clip_that_fails_to_decode_falls_back_to_text(model_dir, conversation_dir):
+    turns = pd.DataFrame([{"speaker": "Ross", "text": "Hi.", "clip": str(conversation_dir / "clips" / "broken.mp4")},
+                          {"speaker": "Joey", "text": "What? No way, really?",
+                           "clip": str(conversation_dir / "clips" / "joy.mp4")}])
+    result = Predictor.load(model_dir).predict(turns)
+    assert result["media_status"].tolist() == ["corrupt", "ok"]
+    assert result["used"].tolist() == ["text", "text+audio+visual"]
+
+
+def test_dialogue_context_is_built_as_in_training(erc_features_dir, erc_tables, tmp_path):
+    """A text model on the test table's turns gives the evaluate stage's probabilities (same context window)."""
+    import torch
+
+    from hlm12erc.features.store import FeatureSet
+    from hlm12erc.training.trainer import as_batch, predict_logits
+
+    model_dir = train_tiny_model(tmp_path / "text", erc_features_dir, objective="text")
+    predictor = Predictor.load(model_dir)
+    table = pd.read_csv(erc_tables / "test.csv", keep_default_na=False)
+    conversation = pd.DataFrame({"dialogue": table["dialogue"], "speaker": table["speaker"], "text": table["x_text"]})
+    result = predictor.predict(conversation)
+    cached = FeatureSet.load(erc_features_dir / "test")
+    logits = predict_logits(predictor.model, as_batch(cached, ["text"], ERC_LABELS), 64, torch.device("cpu"))
+    np.testing.assert_allclose(result[P_COLUMNS].to_numpy(), torch.softmax(logits, -1).numpy(), atol=1e-5)
+    assert result["turn"].tolist() == (table["sequence"] + 1).tolist()
+    alone = predictor.predict(conversation.iloc[[3]])  # the same turn without its dialogue: other context
+    assert not np.allclose(alone[P_COLUMNS].to_numpy(), result[P_COLUMNS].to_numpy()[[3]], atol=1e-4)
+
+
+def test_bad_inputs_are_one_line_errors(model_dir, tmp_path, capsys, erc_mlflow_uri):
+    cases = {
+        "empty.csv": ("", "empty file"),
+        "header.csv": ("speaker,text\n", "no turns"),
+        "unknown.csv": ("speaker,text,emotion\nRoss,hi,joy\n", "unknown column(s) ['emotion']"),
+        "missing.csv": ("speaker\nRoss\n", "missing column(s) ['text']"),
+        "badclip.csv": ("speaker,text,clip\nRoss,hi,nowhere.mp4\n", "clip nowhere.mp4 does not exist"),
+        "empty.json": ("", "empty file"),
+        "broken.json": ('[{"speaker": "Ross"', "invalid JSON"),
+        "object.json": ('{"speakers": []}', "needs a 'turns' list"),
+        "strings.json": ('["hello"]', "turn 1 is a str"),
+        "turns.txt": ("speaker,text\nRoss,hi\n", "unsupported file type '.txt'"),
+        "twice.csv": ("speaker,Speaker,text\nRoss,Joey,hi\n", "given more than once"),
+    }
+    for name, (content, expected) in cases.items():
+        (tmp_path / name).write_text(content)
+        code, out, err = _run(["predict", str(tmp_path / name), "--model", str(model_dir)], capsys)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and expected in lines[0] and lines[0].startswith("predict: "), (name, err)
+    ok = tmp_path / "ok.csv"
+    ok.write_text("speaker,text\nRoss,hi\n")
+    for argv, expected in (([str(ok), "--model", str(tmp_path / "no_model")], "does not exist; train it first"),
+                           ([str(ok), "--model", str(tmp_path)], "has no config.json"),
+                           ([str(ok), "--model", str(model_dir), "--out", str(tmp_path / "p.xlsx")],
+                            "unsupported suffix"),
+                           ([str(tmp_path / "absent.csv"), "--model", str(model_dir)], "conversation file not found"),
+                           ([str(ok), "--model-uri", "models:/hlm12erc/99"], "cannot load model URI")):
+        code, _, err = _run(["predict", *argv], capsys)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and expected in lines[0], (argv, err)
+        assert "Traceback" not in err
+
+
+def test_unreadable_clip_is_bad_input(tmp_path):
+    with pytest.raises(PredictError, match="is not a file"):
+        check_conversation(pd.DataFrame({"speaker": ["A"], "text": ["hi"], "clip": [str(tmp_path)]}))
+    clip = tmp_path / "locked.mp4"
+    clip.write_bytes(b"x")
+    clip.chmod(0)
+    try:
+        if os.access(clip, os.R_OK):  # root reads everything
+            pytest.skip("running as root: permissions are not enforced")
+        with pytest.raises(PredictError, match="is not readable"):
+            check_conversation(pd.DataFrame({"speaker": ["A"], "text": ["hi"], "clip": [str(clip)]}))
+    finally:
+        clip.chmod(0o644)
+
+
+def test_read_conversation_accepts_a_list_and_dialogues(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps([{"Speaker": "A", "Text": "hi", "dialogue": 1}, {"speaker": "B", "text": "yo", "dialogue": 2},
+                                {"speaker": "A", "text": "bye", "dialogue": 1}]))
+    turns = read_conversation(path)
+    assert turns.columns.tolist() == ["speaker", "text", "clip", "dialogue"]
+    assert turns["dialogue"].tolist() == ["1", "2", "1"] and turns["clip"].tolist() == ["", "", ""]
