@@ -21,12 +21,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="test")
     parser.add_argument("--metrics", required=True, help="metrics JSON to write, e.g. metrics/NAME.json")
     parser.add_argument("--plots", required=True, help="plots folder, e.g. plots/NAME")
+    parser.add_argument("--register", default=None, metavar="NAME",
+                        help="also log the model as an MLflow pyfunc model and register it as NAME with its "
+                             "metrics (off by default; the evaluate_headline stage passes --register hlm12erc)")
     args = parser.parse_args(argv)
     try:
         from hlm12erc.training.stages import evaluate_stage
 
-        metrics, report = evaluate_stage(load_params(args.params), args.model, args.tables, args.features,
+        params = load_params(args.params)
+        metrics, report = evaluate_stage(params, args.model, args.tables, args.features,
                                          args.split, args.metrics, args.plots)
+        if args.register:
+            from hlm12erc.pyfunc import log_pyfunc_model
+
+            info = log_pyfunc_model(args.model, metrics, registered_name=args.register, extract=params.extract)
+            print(f"registered {args.register} version {info.registered_model_version} "
+                  f"(models:/{args.register}/{info.registered_model_version})")
     except (ConfigError, DataError, FileNotFoundError, ImportError, ValueError) as error:
         print(f"evaluate: {error}", file=sys.stderr)
         return 2

@@ -1,0 +1,151 @@
+"""The MLflow pyfunc model: evaluate.py --register logs + registers it; load round trip; `mlflow models serve`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import ERC_LABELS
+from predict_support import CONVERSATION, train_tiny_model
+
+from hlm12erc.config import PARAMS_FILE, PROJECT_ROOT
+from hlm12erc.predict import Predictor
+
+P_COLUMNS = [f"p_{label}" for label in ERC_LABELS]
+SERVE_TIMEOUT_S = 90
+
+
+@pytest.fixture(scope="module")
+def registered(erc_features_dir, erc_tables, tmp_path_factory):
+    """(store URI, model dir, version, metrics): `final` trained, then evaluate.py --register hlm12erc."""
+    import importlib.util
+
+    root = tmp_path_factory.mktemp("pyfunc")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    patch = pytest.MonkeyPatch()
+    patch.setenv("HLM12ERC_MLFLOW_URI", uri)
+    try:
+        model_dir = train_tiny_model(root / "models" / "headline", erc_features_dir)
+        spec = importlib.util.spec_from_file_location("stage_evaluate", PROJECT_ROOT / "pipeline" / "evaluate.py")
+        evaluate = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(evaluate)
+        metrics_path = root / "metrics" / "headline.json"
+        assert evaluate.main(["--params", str(PARAMS_FILE), "--model", str(model_dir), "--tables", str(erc_tables),
+                              "--features", str(erc_features_dir), "--split", "test", "--metrics", str(metrics_path),
+                              "--plots", str(root / "plots"), "--register", "hlm12erc"]) == 0
+        yield uri, model_dir, "1", json.loads(metrics_path.read_text())
+    finally:
+        patch.undo()
+
+
+def _turns(clip: Path | None) -> list[dict]:
+    turns = [dict(t, dialogue="7") for t in CONVERSATION]
+    turns[0]["clip"] = str(clip) if clip else ""
+    return turns
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    from hlm12erc.data.demo import write_clip
+
+    return write_clip(tmp_path_factory.mktemp("clips") / "joy.mp4", "joy", "joy", seconds=1.0, seed=2)
+
+
+def test_registered_version_carries_the_test_metrics(registered):
+    from mlflow.tracking import MlflowClient
+
+    uri, _, version, metrics = registered
+    client = MlflowClient(uri, registry_uri=uri)
+    model_version = client.get_model_version("hlm12erc", version)
+    assert model_version.tags["objective"] == "final" and model_version.tags["split"] == "test"
+    assert float(model_version.tags["test_weighted_f1"]) == pytest.approx(metrics["weighted_f1"], abs=1e-6)
+    run = client.get_run(model_version.run_id)
+    assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["accuracy"])
+    assert run.data.tags["kind"] == "register" and run.info.status == "FINISHED"
+    runs = client.search_runs([run.info.experiment_id])
+    assert sorted(r.data.tags["kind"] for r in runs) == ["evaluate", "register"]
+
+
+def test_pyfunc_load_round_trip_matches_the_library(registered, clip):
+    import mlflow
+
+    uri, model_dir, version, _ = registered
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model(f"models:/hlm12erc/{version}")
+    frame = pd.DataFrame(_turns(clip))
+    served = model.predict(frame)
+    local = Predictor.load(model_dir).predict(frame)
+    assert served.columns.tolist() == local.columns.tolist()
+    assert {"predicted", *P_COLUMNS} <= set(served.columns)
+    np.testing.assert_allclose(served[P_COLUMNS].to_numpy(), local[P_COLUMNS].to_numpy(), atol=1e-6)
+    assert served["predicted"].tolist() == local["predicted"].tolist()
+    assert served["used"].tolist() == ["text+audio+visual", "text", "text"]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_mlflow_models_serve_answers_invocations(registered, clip, tmp_path):
+    uri, model_dir, version, _ = registered
+    port = _free_port()
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    # mlflow execs `uvicorn` by name: the venv's bin must be on PATH (as with an activated venv)
+    env = {**os.environ, "PATH": f"{mlflow_bin.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "MLFLOW_TRACKING_URI": uri, "HLM12ERC_MLFLOW_URI": uri, "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as handle:
+        server = subprocess.Popen([str(mlflow_bin), "models", "serve", "-m", f"models:/hlm12erc/{version}",
+                                   "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "--workers", "1"],
+                                  cwd=tmp_path, env=env, stdout=handle, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVE_TIMEOUT_S
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"mlflow models serve exited with {server.returncode}:\n{log.read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(f"{base}/ping", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"no /ping answer within {SERVE_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
+            time.sleep(0.5)
+        body = json.dumps({"dataframe_records": _turns(clip)}).encode()
+        request = urllib.request.Request(f"{base}/invocations", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as response:
+            predictions = json.loads(response.read())["predictions"]
+    finally:
+        try:
+            os.killpg(server.pid, signal.SIGTERM)  # the server and its uvicorn worker: the group we started
+        except ProcessLookupError:
+            pass
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=15)
+    expected = Predictor.load(model_dir).predict(pd.DataFrame(_turns(clip)))
+    assert [p["predicted"] for p in predictions] == expected["predicted"].tolist()
+    assert [p["speaker"] for p in predictions] == ["Ross", "Rachel", "Joey"]
+    assert [p["used"] for p in predictions] == ["text+audio+visual", "text", "text"]
+    np.testing.assert_allclose([[p[c] for c in P_COLUMNS] for p in predictions], expected[P_COLUMNS].to_numpy(),
+                               atol=1e-5)
