@@ -178,3 +178,27 @@ def test_read_conversation_accepts_a_list_and_dialogues(tmp_path):
     turns = read_conversation(path)
     assert turns.columns.tolist() == ["speaker", "text", "clip", "dialogue"]
     assert turns["dialogue"].tolist() == ["1", "2", "1"] and turns["clip"].tolist() == ["", "", ""]
+
+
+def test_finetuned_model_builds_its_inputs_as_in_training(erc_tables, tmp_path):
+    """kind=finetune: the conversation's turns give the evaluate stage's probabilities (fine-tune context)."""
+    from hlm12erc.data.meld import load_table
+    from hlm12erc.training.finetune import FinetuneConfig, load_finetuned, predict_proba, train_finetune
+
+    cfg = FinetuneConfig.from_dict({"epochs": 1, "max_tokens": 32, "batch_size": 8, "threads": 1, "device": "cpu",
+                                    "max_train_rows": 14, "past_turns": 2})
+    train, valid = load_table(erc_tables / "train.csv", ERC_LABELS), load_table(erc_tables / "valid.csv", ERC_LABELS)
+    model_dir = tmp_path / "text_finetune"
+    train_finetune(cfg, train, valid, ERC_LABELS, model_dir)
+    test = load_table(erc_tables / "test.csv", ERC_LABELS)
+    conversation = pd.DataFrame({"dialogue": test["dialogue"], "speaker": test["speaker"], "text": test["x_text"],
+                                 "clip": [""] * len(test)})
+    conversation.loc[0, "clip"] = "ignored.mp4"  # a text-only model never opens clips, but the path must exist
+    with pytest.raises(PredictError, match="does not exist"):
+        Predictor.load(model_dir).predict(conversation)
+    conversation["clip"] = ""
+    predictor = Predictor.load(model_dir)
+    result = predictor.predict(conversation)
+    expected = predict_proba(load_finetuned(model_dir, "cpu"), test)
+    np.testing.assert_allclose(result[P_COLUMNS].to_numpy(), expected, atol=1e-5)
+    assert predictor.kind == "finetune" and set(result["used"]) == {"text"}

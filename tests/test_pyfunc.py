@@ -149,3 +149,20 @@ def test_mlflow_models_serve_answers_invocations(registered, clip, tmp_path):
     assert [p["used"] for p in predictions] == ["text+audio+visual", "text", "text"]
     np.testing.assert_allclose([[p[c] for c in P_COLUMNS] for p in predictions], expected[P_COLUMNS].to_numpy(),
                                atol=1e-5)
+
+
+def test_predict_command_takes_a_model_uri(registered, clip, tmp_path, monkeypatch, capsys):
+    from hlm12erc import cli
+
+    uri, model_dir, version, _ = registered
+    monkeypatch.setenv("HLM12ERC_MLFLOW_URI", uri)
+    conversation = tmp_path / "conversation.json"
+    conversation.write_text(json.dumps({"turns": _turns(clip)}))
+    assert cli.main(["predict", str(conversation), "--model-uri", f"models:/hlm12erc/{version}",
+                     "--out", str(tmp_path / "p.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "note: 2 of 3 turn(s)" in err and "Traceback" not in err
+    from_uri = pd.read_csv(tmp_path / "p.csv", dtype={"dialogue": str})
+    local = Predictor.load(model_dir).predict(pd.DataFrame(_turns(clip)))
+    np.testing.assert_allclose(from_uri[P_COLUMNS].to_numpy(), local[P_COLUMNS].to_numpy(), atol=1e-6)
+    assert from_uri["dialogue"].tolist() == ["7", "7", "7"]
