@@ -91,6 +91,11 @@ def test_pyfunc_load_round_trip_matches_the_library(registered, clip):
     np.testing.assert_allclose(served[P_COLUMNS].to_numpy(), local[P_COLUMNS].to_numpy(), atol=1e-6)
     assert served["predicted"].tolist() == local["predicted"].tolist()
     assert served["used"].tolist() == ["text+audio+visual", "text", "text"]
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException, match=r"missing column\(s\) \['text'\]") as raised:
+        model.predict(pd.DataFrame({"speaker": ["Ross"]}))
+    assert raised.value.get_http_status_code() == 400
 
 
 def _free_port() -> int:
@@ -133,6 +138,11 @@ def test_mlflow_models_serve_answers_invocations(registered, clip, tmp_path):
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=120) as response:
             predictions = json.loads(response.read())["predictions"]
+        bad = urllib.request.Request(f"{base}/invocations", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"dataframe_records": [{"speaker": "Ross", "txt": "hi"}]}).encode())
+        with pytest.raises(urllib.error.HTTPError) as raised:
+            urllib.request.urlopen(bad, timeout=60)
+        assert raised.value.code == 400 and "unknown column(s) ['txt']" in raised.value.read().decode()
     finally:
         try:
             os.killpg(server.pid, signal.SIGTERM)  # the server and its uvicorn worker: the group we started

@@ -50,9 +50,17 @@ class ErcPyfuncModel(mlflow.pyfunc.PythonModel):
                                         device=config.get("device", "cpu"))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        if not isinstance(model_input, pd.DataFrame):
-            model_input = pd.DataFrame(model_input)
-        return self.predictor.predict(model_input)
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        from hlm12erc.predict import PredictError
+
+        try:
+            if not isinstance(model_input, pd.DataFrame):
+                model_input = pd.DataFrame(model_input)
+            return self.predictor.predict(model_input)
+        except PredictError as error:  # bad request (the server answers 400 with this line), not a crash
+            raise MlflowException(str(error), error_code=INVALID_PARAMETER_VALUE) from None
 
 
 def pip_requirements() -> list[str]:
