@@ -173,7 +173,8 @@ def test_unreadable_clip_is_bad_input(tmp_path):
 
 def test_read_conversation_accepts_a_list_and_dialogues(tmp_path):
     path = tmp_path / "c.json"
-    path.write_text(json.dumps([{"Speaker": "A", "Text": "hi", "dialogue": 1}, {"speaker": "B", "text": "yo", "dialogue": 2},
+    path.write_text(json.dumps([{"Speaker": "A", "Text": "hi", "dialogue": 1},
+                                {"speaker": "B", "text": "yo", "dialogue": 2},
                                 {"speaker": "A", "text": "bye", "dialogue": 1}]))
     turns = read_conversation(path)
     assert turns.columns.tolist() == ["speaker", "text", "clip", "dialogue"]

@@ -138,8 +138,9 @@ def test_mlflow_models_serve_answers_invocations(registered, clip, tmp_path):
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=120) as response:
             predictions = json.loads(response.read())["predictions"]
+        records = {"dataframe_records": [{"speaker": "Ross", "txt": "hi"}]}
         bad = urllib.request.Request(f"{base}/invocations", headers={"Content-Type": "application/json"},
-                                     data=json.dumps({"dataframe_records": [{"speaker": "Ross", "txt": "hi"}]}).encode())
+                                     data=json.dumps(records).encode())
         with pytest.raises(urllib.error.HTTPError) as raised:
             urllib.request.urlopen(bad, timeout=60)
         assert raised.value.code == 400 and "unknown column(s) ['txt']" in raised.value.read().decode()
