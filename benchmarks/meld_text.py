@@ -202,7 +202,15 @@ def parse_overrides(items: list[str]) -> dict[str, object]:
         if "=" not in item:
             raise SystemExit(f"error: --set wants key=value, got {item!r}")
         key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):  # YAML 1.1 reads "5e-5" as a string: numbers first
+            for cast in (int, float):
+                try:
+                    parsed = cast(parsed)
+                    break
+                except ValueError:
+                    continue
+        out[key.strip()] = parsed
     return out
 
 

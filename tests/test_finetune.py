@@ -219,6 +219,8 @@ def test_bad_config_is_rejected():
         ft.FinetuneConfig(pooling="max").validate()
     with pytest.raises(ValueError, match="unknown key"):
         ft.FinetuneConfig.from_dict({"nope": 1})
+    with pytest.raises(ValueError, match="must be a number"):
+        ft.FinetuneConfig(lr="5e-5").validate()  # what YAML 1.1 makes of 5e-5
 
 
 def test_time_budget_stops_before_an_epoch_that_would_overrun(tmp_path, tiny_model_dir):

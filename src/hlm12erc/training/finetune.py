@@ -86,6 +86,10 @@ class FinetuneConfig:
             raise ValueError(f"FinetuneConfig.max_tokens={self.max_tokens} is too small (>= 8)")
         if self.past_turns < 0 or self.future_turns < 0:
             raise ValueError("FinetuneConfig.past_turns/future_turns must be >= 0")
+        for name in ("lr", "head_lr", "warmup_ratio", "weight_decay", "label_smoothing", "focal_gamma"):
+            value = getattr(self, name)
+            if not (value is None and name == "head_lr") and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ValueError(f"FinetuneConfig.{name}={value!r} must be a number")
         if self.batch_size < 1 or self.grad_accum < 1 or self.epochs < 1:
             raise ValueError("FinetuneConfig.batch_size, grad_accum and epochs must be >= 1")
         return self
