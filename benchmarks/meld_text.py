@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from hlm12erc.data import meld  # noqa: E402
+from hlm12erc.config import resolve_jobs  # noqa: E402
 from hlm12erc.training import finetune as ft  # noqa: E402
 
 LABELS = ["anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"]
@@ -233,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     train, valid, dev = load_splits(args.data, args.seed, args.quick)
     log(f"train {len(train)} rows / {train['dialogue'].nunique()} dialogues, valid {len(valid)} / "
         f"{valid['dialogue'].nunique()}, dev {len(dev)} / {dev['dialogue'].nunique()}; torch threads "
-        f"{ft.resolve_threads(cfg.threads)}, cuda {torch.cuda.is_available()}")
+        f"{resolve_jobs(cfg.threads)}, cuda {torch.cuda.is_available()}")
 
     out = args.out
     if out is not None:
@@ -248,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [run_majority(train, dev)]
     log(f"majority: weighted-F1 {rows[-1]['weighted_f1']:.3f}")
     if not args.skip_frozen:
-        torch.set_num_threads(ft.resolve_threads(cfg.threads))
+        torch.set_num_threads(resolve_jobs(cfg.threads))
         rows.append(run_frozen(train, valid, dev, args.seed))
         log(f"frozen: weighted-F1 {rows[-1]['weighted_f1']:.3f} in {rows[-1]['train_minutes']:.1f} min")
     rows.append(tuned)

