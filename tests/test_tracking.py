@@ -14,9 +14,50 @@ def _client():
 
 def test_uri_default_and_env(monkeypatch, tmp_path):
     monkeypatch.delenv(tracking.URI_ENV, raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
     assert tracking.tracking_uri() == f"sqlite:///{PROJECT_ROOT.resolve() / 'mlflow.db'}"
+    # inside a DVC stage: the repo DVC runs for (for queued experiments DVC points DVC_ROOT at
+    # the user's repo, not at its .dvc/tmp/exps copy), wherever the package is installed
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "repo"))
+    assert tracking.tracking_uri() == f"sqlite:///{(tmp_path / 'repo').resolve() / 'mlflow.db'}"
     monkeypatch.setenv(tracking.URI_ENV, f"sqlite:///{tmp_path}/x.db")
     assert tracking.tracking_uri() == f"sqlite:///{tmp_path}/x.db"
+
+
+def _ensure_store_at_barrier(uri: str, barrier, results) -> None:
+    import os
+
+    os.environ[tracking.URI_ENV] = uri
+    import mlflow  # noqa: F401  (the slow import happens before the barrier)
+
+    barrier.wait()
+    try:
+        results.put(("ok", tracking.ensure_store()))
+    except BaseException as error:  # noqa: BLE001  (reported to the parent)
+        results.put(("error", f"{type(error).__name__}: {error}"))
+
+
+def test_ensure_store_is_safe_when_processes_create_a_fresh_store_at_once(tmp_path):
+    """Parallel queued experiments may each be first to log into a store that does not exist yet."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
+    workers = 3
+    barrier, results = context.Barrier(workers), context.Queue()
+    processes = [context.Process(target=_ensure_store_at_barrier, args=(uri, barrier, results))
+                 for _ in range(workers)]
+    for process in processes:
+        process.start()
+    outcomes = [results.get(timeout=240) for _ in processes]
+    for process in processes:
+        process.join(timeout=60)
+    assert [kind for kind, _ in outcomes] == ["ok"] * workers, outcomes
+    assert len({experiment_id for _, experiment_id in outcomes}) == 1, outcomes
+    from mlflow.tracking import MlflowClient
+
+    experiments = MlflowClient(uri).search_experiments()
+    assert [e.name for e in experiments if e.name == tracking.EXPERIMENT] == [tracking.EXPERIMENT]
 
 
 def test_run_logs_params_metrics_artifacts_and_tags(erc_mlflow_uri, tmp_path, monkeypatch):

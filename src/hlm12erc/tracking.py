@@ -1,8 +1,11 @@
 """MLflow: the one place that knows the tracking URI, the experiment, run names and tags.
 
-URI: env ``HLM12ERC_MLFLOW_URI`` if set, else ``sqlite:///<project root>/mlflow.db``; artifacts
-of a sqlite store go to ``mlartifacts/`` beside the database file. Call :func:`ensure_store`
-once before runs start in parallel (featurize does) so only one process creates the schema.
+URI: env ``HLM12ERC_MLFLOW_URI`` if set, else ``sqlite:///<repo>/mlflow.db`` where ``<repo>`` is
+the DVC repository the stage runs for (``DVC_ROOT``, which DVC sets for every stage and points at
+the user's repo, not its temp copy, for ``dvc exp run --queue``/``--temp`` experiments), else the
+project root. Artifacts of a sqlite store go to ``mlartifacts/`` beside the database file.
+:func:`ensure_store` creates the schema under an exclusive file lock (in the temp folder, one per
+database), so parallel stages and queued experiments may each be the first to log.
 Run names come from DVC (``DVC_STAGE``, e.g. ``train@text``), else ``<kind>-<objective>``;
 tags carry the git commit and the DVC experiment name. mlflow is imported lazily (slow import).
 """
@@ -10,8 +13,11 @@ tags carry the git commit and the DVC experiment name. mlflow is imported lazily
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import unquote, urlparse
@@ -22,8 +28,18 @@ EXPERIMENT = "hlm12erc"
 URI_ENV = "HLM12ERC_MLFLOW_URI"
 
 
+def store_root() -> Path:
+    """Folder of the default ``mlflow.db``: the DVC repo running the stage, else the project root.
+
+    ``PROJECT_ROOT`` is where the package's source lives (an editable install's checkout), which is
+    not the repo DVC runs in when the package is installed elsewhere or when a queued experiment
+    runs in ``.dvc/tmp/exps/...``; DVC's ``DVC_ROOT`` is right in both cases.
+    """
+    return Path(os.environ.get("DVC_ROOT") or PROJECT_ROOT)
+
+
 def tracking_uri() -> str:
-    return os.environ.get(URI_ENV) or f"sqlite:///{(PROJECT_ROOT / 'mlflow.db').resolve()}"
+    return os.environ.get(URI_ENV) or f"sqlite:///{(store_root() / 'mlflow.db').resolve()}"
 
 
 def _artifact_location(uri: str) -> str | None:
@@ -42,12 +58,50 @@ def _mlflow():
     return mlflow
 
 
+def _lock_path(database: Path) -> Path:
+    """One lock file per database, in the temp folder (nothing new appears in the repo)."""
+    digest = hashlib.sha1(str(database.resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"hlm12erc-mlflow-{digest}.lock"
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Exclusive ``flock`` held while a sqlite store is opened/created (a server store needs none).
+
+    MLflow creates a sqlite schema on first use with no locking of its own: processes that open
+    a fresh database at once fail with "table ... already exists" or a half-migrated schema.
+    """
+    if not uri.startswith("sqlite:///") or sys.platform == "win32":
+        yield
+        return
+    import fcntl
+
+    database = Path(unquote(urlparse(uri).path))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(_lock_path(database), os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:  # e.g. another user's lock file in a shared /tmp: go on unlocked
+        yield
+        return
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
 def ensure_store() -> str:
-    """Create the store and the experiment if missing; returns the experiment id."""
+    """Create the store and the experiment if missing; returns the experiment id.
+
+    Safe to call from many processes at once (stages of parallel queued experiments).
+    """
     mlflow = _mlflow()
     uri = tracking_uri()
-    if uri.startswith("sqlite:///"):
-        Path(unquote(urlparse(uri).path)).parent.mkdir(parents=True, exist_ok=True)
+    with _store_lock(uri):
+        return _ensure_experiment(mlflow, uri)
+
+
+def _ensure_experiment(mlflow: Any, uri: str) -> str:
     experiment = mlflow.get_experiment_by_name(EXPERIMENT)
     if experiment is not None:
         return experiment.experiment_id
