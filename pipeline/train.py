@@ -23,13 +23,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params)
-        params.objective(args.objective)  # unknown name: fail before importing torch
+        objective = params.objective(args.objective)  # unknown name: fail before importing torch
+        if objective.kind == "finetune" and params.train.nproc > 1 and "LOCAL_RANK" not in os.environ:
+            from hlm12erc.training.distributed import relaunch  # train.nproc: N processes, DDP
+
+            return relaunch(params.train.nproc, __file__, sys.argv[1:] if argv is None else argv)
         from hlm12erc.training.stages import train_stage
 
         summary = train_stage(params, args.objective, args.tables, args.features, args.out, args.plots)
     except (ConfigError, DataError, FileNotFoundError, ImportError, ValueError) as error:
         print(f"train: {error}", file=sys.stderr)
         return 2
+    if not summary.get("main", True):
+        return 0  # under torchrun, rank 0 reports
     print(f"train {summary['objective']}: best valid weighted-F1 {summary['best_valid_weighted_f1']:.4f} "
           f"at epoch {summary['best_epoch']} ({summary['epochs_run']} epochs run) -> {args.out}")
     return 0

@@ -19,7 +19,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch = pytest.importorskip("torch")
 from hlm12erc.training import finetune as ft  # noqa: E402
 
-LABELS = ["anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"]
+from finetune_support import LABELS, make_table, save_tiny_bert  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -29,30 +29,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory, tokenizer):
-    from transformers import BertConfig, BertModel
-
-    path = tmp_path_factory.mktemp("tiny_bert")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
-    BertModel(config, add_pooling_layer=False).save_pretrained(str(path))
-    tokenizer.save_pretrained(str(path))
-    return str(path)
-
-
-def make_table(n_dialogues: int = 2, turns: int = 6, split: str = "train", seed: int = 0) -> pd.DataFrame:
-    """Dialogues whose words give the label away (learnable), rows in dialogue/sequence order."""
-    rng = np.random.default_rng(seed)
-    cue = {"anger": "furious", "disgust": "gross", "fear": "scared", "joy": "great",
-           "neutral": "okay", "sadness": "crying", "surprise": "whoa"}
-    rows = []
-    for d in range(n_dialogues):
-        for s in range(turns):
-            label = LABELS[int(rng.integers(len(LABELS)))]
-            rows.append({"split": split, "dialogue": d, "sequence": s, "clip_id": f"dia{d}_utt{s}",
-                         "speaker": ["Ross", "Rachel", "Monica"][s % 3],
-                         "x_text": f"turn {d} {s} I am {cue[label]} today", "label": label})
-    return pd.DataFrame(rows)
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), tokenizer)
 
 
 def decode(tokenizer, ids):

@@ -108,6 +108,7 @@ class TrainParams:
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 1  # CPU threads for the (tiny) fusion models; 0 = all cores
     eval_batch_size: int = 256  # batch size for evaluation/prediction
+    nproc: int = 1  # kind=finetune: >1 = DistributedDataParallel over this many processes (torchrun)
 
 
 @dataclass
@@ -191,6 +192,9 @@ def params_from_dict(raw: dict[str, Any]) -> Params:
         name: _build(ObjectiveConfig, {**(cfg or {}), "name": name}, f"objectives.{name}")
         for name, cfg in objectives.items()
     }
+    if isinstance(params.train.nproc, bool) or not isinstance(params.train.nproc, int) or params.train.nproc < 1:
+        raise ConfigError(f"params: train.nproc={params.train.nproc!r} must be a whole number >= 1 "
+                          "(1 = one process; N = torchrun with N processes)")
     if params.data.source not in ("demo", "kaggle", "local"):
         raise ConfigError(f"params: data.source='{params.data.source}' is not one of demo, kaggle, local")
     return params

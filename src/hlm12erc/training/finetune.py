@@ -39,6 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from hlm12erc.config import resolve_jobs
+from hlm12erc.training import distributed
 from hlm12erc.training.trainer import seed_everything, select_device
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "valid_loss", "valid_accuracy", "valid_weighted_f1",
@@ -304,6 +305,12 @@ class ErcLoss(nn.Module):
             return loss.mean()
         return F.cross_entropy(logits, target, weight=weight, label_smoothing=self.smoothing)
 
+    def denominator(self, target: torch.Tensor) -> float:
+        """What :meth:`forward` divides the summed loss by: the targets' class weights, or their count."""
+        if self.weights.numel() and self.kind != "ce":
+            return float(self.weights[target.to(self.weights.device)].sum())
+        return float(len(target))
+
 
 # ----------------------------------------------------------------------------- 6. training
 def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -408,23 +415,43 @@ def train_finetune(cfg: FinetuneConfig, train: pd.DataFrame, valid: pd.DataFrame
     ``history.csv``. ``on_epoch`` gets each epoch's history row. ``monitor`` (optional, for
     reports only, never for selection) names extra tables scored each epoch: their weighted-F1
     and macro-F1 are added to the row as ``<name>_weighted_f1`` / ``<name>_macro_f1``.
+    The summary's ``last_model`` is the last epoch's model in memory (the checkpoint is the best one).
+
+    Under ``torchrun --nproc_per_node=N`` this is DistributedDataParallel: every rank takes its
+    share of the same global batches (the effective batch stays ``batch_size``), the loss is
+    scaled so the all-reduced gradient equals the one-process gradient of the whole batch,
+    validation is scored in shards and gathered, and only rank 0 writes files or calls ``on_epoch``.
     """
     cfg.validate()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = select_device(cfg.device)
-    if device.type == "cpu":
-        torch.set_num_threads(resolve_jobs(cfg.threads))
-    seed_everything(cfg.seed)
+    with distributed.process_group(select_device(cfg.device)) as dist:
+        device = distributed.device_for(dist, select_device(cfg.device))
+        if device.type == "cpu":  # the cores are shared by this machine's ranks
+            torch.set_num_threads(resolve_jobs(cfg.threads) if cfg.threads
+                                  else max(1, resolve_jobs(0) // dist.local_world_size))
+        summary = _train(cfg, train, valid, labels, out_dir, on_epoch, monitor or {}, dist, device)
+        dist.barrier()  # rank 0's checkpoint is complete before any rank returns
+    return summary
 
+
+def _train(cfg: FinetuneConfig, train: pd.DataFrame, valid: pd.DataFrame, labels: list[str], out_dir: Path,
+           on_epoch: Callable[[dict], None] | None, monitor: dict[str, pd.DataFrame],
+           dist: distributed.Dist, device: torch.device) -> dict:
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)  # same seed on every rank: same head init, same batches
     train = _subset(train, cfg.max_train_rows, cfg.seed)
     tokenizer = load_tokenizer(cfg.model_path or default_model_path())
     model = build_model(cfg, len(labels)).to(device)
+    net: nn.Module = model
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     pad_id = tokenizer.pad_token_id
     train_x, valid_x = build_inputs(train, tokenizer, cfg), build_inputs(valid, tokenizer, cfg)
     train_y, valid_y = encode_labels(train, labels), encode_labels(valid, labels)
-    monitors = {name: (build_inputs(t, tokenizer, cfg), encode_labels(t, labels))
-                for name, t in (monitor or {}).items()}
+    monitors = {name: (build_inputs(t, tokenizer, cfg), encode_labels(t, labels)) for name, t in monitor.items()}
 
     weights = class_weights(train_y, len(labels), cfg.class_weight_power) if cfg.loss != "ce" else None
     criterion = ErcLoss(cfg.loss, weights, cfg.focal_gamma, cfg.label_smoothing).to(device)
@@ -434,6 +461,12 @@ def train_finetune(cfg: FinetuneConfig, train: pd.DataFrame, valid: pd.DataFrame
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
     rng = np.random.default_rng(cfg.seed)
     lengths = [len(e["input_ids"]) for e in train_x]
+    sampler = distributed.DistributedBatchSampler(
+        lambda: bucketed_batches(lengths, cfg.batch_size, rng, cfg.bucket_size), dist.rank, dist.world_size)
+
+    def score(examples: list[dict[str, list[int]]], y: np.ndarray) -> dict[str, float]:
+        return evaluate_logits(_predict_sharded(model, examples, pad_id, cfg.eval_batch_size, device, dist),
+                               y, len(labels))
 
     history: list[dict[str, Any]] = []
     best_f1, best_epoch, stale = -1.0, 0, 0
@@ -441,21 +474,28 @@ def train_finetune(cfg: FinetuneConfig, train: pd.DataFrame, valid: pd.DataFrame
     started = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
-        model.train()
-        total, count = 0.0, 0
-        batches = bucketed_batches(lengths, cfg.batch_size, rng, cfg.bucket_size)
+        net.train()
+        total, count = 0.0, 0.0  # the epoch's loss: sum of (batch loss x its denominator), and the denominators
+        batches = sampler.draw()
         optimizer.zero_grad(set_to_none=True)
-        for step, idx in enumerate(batches, start=1):
-            batch = {k: v.to(device) for k, v in
-                     collate([train_x[i] for i in idx], pad_id, train_y[idx]).items()}
+        for step, (whole, idx) in enumerate(zip(batches, sampler), start=1):
+            empty = not idx  # a short last batch left nothing for this rank: join the all-reduce at weight 0
+            rows = np.asarray(idx if idx else whole[:1])
+            batch = {k: v.to(device) for k, v in collate([train_x[i] for i in rows], pad_id, train_y[rows]).items()}
             target = batch.pop("labels")
-            with _autocast(device):
-                logits = model(**batch)
-            loss = criterion(logits, target)
-            scaler.scale(loss / cfg.grad_accum).backward()
-            total += float(loss.item()) * len(idx)
-            count += len(idx)
-            if step % cfg.grad_accum == 0 or step == len(batches):
+            sync = step % cfg.grad_accum == 0 or step == len(batches)
+            with (net.no_sync() if dist.enabled and not sync else contextlib.nullcontext()):
+                with _autocast(device):
+                    logits = net(**batch)
+                loss = criterion(logits, target)
+                weight = 0.0 if empty else criterion.denominator(target)  # this rank's part of the batch loss
+                share = 0.0 if empty else 1.0
+                if dist.enabled:  # DDP averages gradients: weight each rank by its share of the batch's loss
+                    share = dist.world_size * weight / criterion.denominator(torch.as_tensor(train_y[whole]))
+                scaler.scale(loss * share / cfg.grad_accum).backward()
+            total += float(loss.item()) * weight
+            count += weight
+            if sync:
                 if cfg.max_grad_norm > 0:
                     scaler.unscale_(optimizer)
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -463,34 +503,54 @@ def train_finetune(cfg: FinetuneConfig, train: pd.DataFrame, valid: pd.DataFrame
                 scaler.update()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-        scores = evaluate_logits(_predict_examples(model, valid_x, pad_id, cfg.eval_batch_size, device),
-                                 valid_y, len(labels))
+        total, count = dist.all_reduce_sum([total, count], device)
+        scores = score(valid_x, valid_y)
         row: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(1, count),
                                "valid_loss": scores["loss"], "valid_accuracy": scores["accuracy"],
                                "valid_weighted_f1": scores["weighted_f1"], "valid_macro_f1": scores["macro_f1"]}
         for name, (x, y) in monitors.items():
-            extra = evaluate_logits(_predict_examples(model, x, pad_id, cfg.eval_batch_size, device), y, len(labels))
+            extra = score(x, y)
             row[f"{name}_weighted_f1"], row[f"{name}_macro_f1"] = extra["weighted_f1"], extra["macro_f1"]
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
-        _write_history(out_dir / "history.csv", history)
-        if scores["weighted_f1"] > best_f1:
+        improved = scores["weighted_f1"] > best_f1  # same gathered logits on every rank: same decision
+        if improved:
             best_f1, best_epoch, stale = scores["weighted_f1"], epoch, 0
-            save_checkpoint(model, tokenizer, cfg, labels, out_dir,
-                            {"best_epoch": epoch, "valid_weighted_f1": best_f1})
         else:
             stale += 1
-        if on_epoch is not None:
-            on_epoch(dict(row))
+        if dist.is_main:
+            _write_history(out_dir / "history.csv", history)
+            if improved:
+                save_checkpoint(model, tokenizer, cfg, labels, out_dir,
+                                {"best_epoch": epoch, "valid_weighted_f1": best_f1, "nproc": dist.world_size})
+            if on_epoch is not None:
+                on_epoch(dict(row))
         if stale >= cfg.patience:
             break
         elapsed = time.perf_counter() - started
-        if cfg.max_minutes is not None and epoch < cfg.epochs and elapsed * (epoch + 1) / epoch > cfg.max_minutes * 60:
+        over_budget = cfg.max_minutes is not None and epoch < cfg.epochs and \
+            elapsed * (epoch + 1) / epoch > cfg.max_minutes * 60
+        if dist.broadcast(over_budget):  # rank 0's clock decides for all
             stopped_by_budget = True
             break
     return {"best_epoch": best_epoch, "best_valid_weighted_f1": best_f1, "epochs_run": len(history),
             "train_seconds": time.perf_counter() - started, "n_train": len(train_x), "n_valid": len(valid_x),
-            "device": str(device), "stopped_by_budget": stopped_by_budget, "history": history, "out_dir": str(out_dir)}
+            "device": str(device), "nproc": dist.world_size, "rank": dist.rank,
+            "stopped_by_budget": stopped_by_budget, "history": history, "out_dir": str(out_dir),
+            "last_model": model.eval()}
+
+
+def _predict_sharded(model: ErcClassifier, examples: list[dict[str, list[int]]], pad_id: int, batch_size: int,
+                     device: torch.device, dist: distributed.Dist) -> np.ndarray:
+    """Logits of all ``examples`` on every rank: each rank scores its shard, the shards are gathered."""
+    rows = distributed.shard(len(examples), dist)
+    part = _predict_examples(model, [examples[i] for i in rows], pad_id, batch_size, device)
+    if not dist.enabled:
+        return part
+    out = np.zeros((len(examples), model.head.out_features), dtype=np.float32)
+    for rank_rows, rank_logits in dist.all_gather((rows, part)):
+        out[rank_rows] = rank_logits
+    return out
 
 
 def _write_history(path: Path, history: list[dict[str, Any]]) -> None:

@@ -8,6 +8,7 @@ each one MLflow run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -162,8 +163,12 @@ def _predict_finetuned(params: Params, model_dir: str | Path, tables_dir: str | 
 
 def _train_finetune_stage(params: Params, objective, tables_dir: str | Path, out_dir: str | Path,
                           plots_dir: str | Path) -> dict:
-    """kind=finetune: fine-tune MiniLM on the text tables (features are not used)."""
+    """kind=finetune: fine-tune MiniLM on the text tables (features are not used).
+
+    Under torchrun every rank trains; only rank 0 opens the MLflow run and writes the outputs.
+    """
     from hlm12erc.data.meld import load_table
+    from hlm12erc.training.distributed import is_main_process
     from hlm12erc.training.finetune import FinetuneConfig, train_finetune
 
     cfg = FinetuneConfig.from_dict({"seed": params.train.seed, "device": params.train.device,
@@ -171,23 +176,27 @@ def _train_finetune_stage(params: Params, objective, tables_dir: str | Path, out
     train = load_table(Path(tables_dir) / f"{objective.train_table}.csv", params.labels)
     valid = load_table(Path(tables_dir) / "valid.csv", params.labels)
     out_dir, plots_dir = Path(out_dir), Path(plots_dir)
-    logged = {"objective": asdict(objective), "finetune": asdict(cfg), "labels": params.labels}
-    with tracking.start_run("train", objective.name, logged):
+    main = is_main_process()
+    logged = {"objective": asdict(objective), "finetune": asdict(cfg), "labels": params.labels,
+              "nproc": params.train.nproc}
+    with tracking.start_run("train", objective.name, logged) if main else contextlib.nullcontext():
         summary = train_finetune(cfg, train, valid, list(params.labels), out_dir,
                                  on_epoch=lambda row: tracking.log_metrics(
                                      {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"])))
-        config_path = out_dir / "config.json"
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-        config["objective"] = asdict(objective)
-        config_path.write_text(json.dumps(config, indent=2, default=str) + "\n", encoding="utf-8")
-        plots_dir.mkdir(parents=True, exist_ok=True)
-        pd.read_csv(out_dir / "history.csv").to_csv(plots_dir / "history.csv", index=False)
-        tracking.log_metrics({"best_valid_weighted_f1": summary["best_valid_weighted_f1"],
-                              "best_epoch": summary["best_epoch"], "epochs_run": summary["epochs_run"],
-                              "train_seconds": summary["train_seconds"]})
-        tracking.log_artifacts(out_dir, "model")
+        if main:
+            config_path = out_dir / "config.json"
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+            config["objective"] = asdict(objective)
+            config_path.write_text(json.dumps(config, indent=2, default=str) + "\n", encoding="utf-8")
+            plots_dir.mkdir(parents=True, exist_ok=True)
+            pd.read_csv(out_dir / "history.csv").to_csv(plots_dir / "history.csv", index=False)
+            tracking.log_metrics({"best_valid_weighted_f1": summary["best_valid_weighted_f1"],
+                                  "best_epoch": summary["best_epoch"], "epochs_run": summary["epochs_run"],
+                                  "train_seconds": summary["train_seconds"], "nproc": summary["nproc"]})
+            tracking.log_artifacts(out_dir, "model")
     return {"objective": objective.name, "best_epoch": summary["best_epoch"],
-            "best_valid_weighted_f1": summary["best_valid_weighted_f1"], "epochs_run": summary["epochs_run"]}
+            "best_valid_weighted_f1": summary["best_valid_weighted_f1"], "epochs_run": summary["epochs_run"],
+            "main": main}
 
 
 def _describe(objective) -> tuple[str, str, str]:
