@@ -101,3 +101,16 @@ def test_metrics_keep_absent_classes_and_hand_values():
     assert metrics["macro_f1"] == pytest.approx((0.5 + 2 / 3) / 7)
     counts = confusion(actual, predicted, ERC_LABELS)
     assert counts.shape == (7, 7) and counts[ERC_LABELS.index("joy"), ERC_LABELS.index("anger")] == 1
+
+
+def test_predict_proba_checks_feature_widths(splits):
+    from hlm12erc.config import ConfigError
+    from hlm12erc.training.trainer import predict_proba
+
+    objective = ObjectiveConfig(name="t", modalities=["text", "audio"], hidden=16)
+    model = train_model(objective, *splits, ERC_LABELS, FAST, progress=False).model
+    probs = predict_proba(model, splits[1], 8, torch.device("cpu"), "valid")
+    assert probs.shape == (21, len(ERC_LABELS)) and abs(probs.sum(1) - 1).max() < 1e-5
+    wider = erc_random_features(21, seed=1, dims={"text": 13, "audio": 8, "visual": 6})
+    with pytest.raises(ConfigError, match=r"valid: text features are 13-d but the model expects 12-d.*retrain"):
+        predict_proba(model, wider, 8, torch.device("cpu"), "valid")

@@ -265,22 +265,19 @@ class Predictor:
 
             probs = predict_proba(self.model, table, batch_size=self.eval_batch_size)
             return probs, np.array([[bool(t.strip())] for t in table["x_text"]], dtype=bool)
+        from hlm12erc.config import ConfigError
         from hlm12erc.features.store import MODALITIES, Featurizer
-        from hlm12erc.training.trainer import as_batch, predict_logits
+        from hlm12erc.training.trainer import predict_proba
 
         if self._featurizer is None:
             self._featurizer = Featurizer(self.feature_params, progress=False)
         features = self._featurizer(table)
-        expected = self.model.config.input_dims
-        for m in self.modalities:
-            if features.dims[m] != expected[m]:
-                raise PredictError(f"{self.model_dir}: {m} features are {features.dims[m]}-d here but the model "
-                                   f"expects {expected[m]}-d; the model's config.json feature params do not "
-                                   "match the installed encoders: retrain it")
-        data = as_batch(features, self.modalities, self.labels, "conversation")
-        logits = predict_logits(self.model, data, self.eval_batch_size, torch.device(self.device))
-        columns = [MODALITIES.index(m) for m in self.modalities]
-        return torch.softmax(logits, dim=-1).numpy(), features.mask[:, columns]
+        try:
+            probs = predict_proba(self.model, features, self.eval_batch_size, torch.device(self.device),
+                                  f"{self.model_dir} on this conversation")
+        except ConfigError as error:
+            raise PredictError(str(error)) from None
+        return probs, features.mask[:, [MODALITIES.index(m) for m in self.modalities]]
 
     def _result(self, turns: pd.DataFrame, table: pd.DataFrame, probs: np.ndarray, mask: np.ndarray) -> pd.DataFrame:
         result = pd.DataFrame({"dialogue": turns["dialogue"].to_numpy(),

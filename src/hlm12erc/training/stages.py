@@ -16,14 +16,13 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
 from hlm12erc import tracking
 from hlm12erc.config import ConfigError, Params
 from hlm12erc.features.store import MODALITIES, TABLE_SPLITS, FeatureSet, featurize_tables
 from hlm12erc.training.metrics import compute_metrics, confusion, report_text
-from hlm12erc.training.trainer import (as_batch, load_model, predict_logits, save_model, select_device,
-                                       set_cpu_threads, train_model)
+from hlm12erc.training.trainer import (load_model, predict_proba, save_model, select_device, set_cpu_threads,
+                                       train_model)
 
 
 def featurize_stage(params: Params, tables_dir: str | Path, out_dir: str | Path) -> dict[str, FeatureSet]:
@@ -139,14 +138,8 @@ def _predict_features(params: Params, model_dir: str | Path, tables_dir: str | P
     device = select_device(params.train.device)
     model, _config = load_model(model_dir, device)
     features = load_split(features_dir, tables_dir, split)
-    for m in model.config.modalities:
-        if features.dims[m] != model.config.input_dims[m]:
-            raise ConfigError(f"{features_dir}/{split}: {m} features are {features.dims[m]}-d but {model_dir} "
-                              f"expects {model.config.input_dims[m]}-d; retrain after changing `features`")
-    labels = model.config.labels
-    data = as_batch(features, model.config.modalities, labels, f"{split} features")
-    logits = predict_logits(model, data, params.train.eval_batch_size, device)
-    return torch.softmax(logits, dim=-1).numpy(), labels, features.index
+    probs = predict_proba(model, features, params.train.eval_batch_size, device, f"{features_dir}/{split}")
+    return probs, model.config.labels, features.index
 
 
 def _predict_finetuned(params: Params, model_dir: str | Path, tables_dir: str | Path, split: str,

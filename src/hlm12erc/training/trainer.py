@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from hlm12erc.config import ObjectiveConfig, TrainParams, params_from_dict, resolve_jobs
+from hlm12erc.config import ConfigError, ObjectiveConfig, TrainParams, params_from_dict, resolve_jobs
 from hlm12erc.data.meld import check_labels
 from hlm12erc.features.store import MODALITIES, FeatureSet
 from hlm12erc.models.erc import ERCConfig, ERCModel
@@ -107,6 +107,18 @@ def predict_logits(model: ERCModel, data: Batch, batch_size: int, device: torch.
         chunk = data.select(torch.arange(start, min(start + batch_size, len(data)))).to(device)
         outputs.append(model(chunk.features, chunk.mask).logits.float().cpu())
     return torch.cat(outputs) if outputs else torch.zeros(0, model.config.n_classes)
+
+
+def predict_proba(model: ERCModel, features: FeatureSet, batch_size: int, device: torch.device,
+                  source: str = "features") -> np.ndarray:
+    """Class probabilities of every row of ``features``, once their widths match what the model was trained on."""
+    for m in model.config.modalities:
+        if features.dims[m] != model.config.input_dims[m]:
+            raise ConfigError(f"{source}: {m} features are {features.dims[m]}-d but the model expects "
+                              f"{model.config.input_dims[m]}-d: the feature params or encoders differ from the "
+                              "ones it was trained with; retrain it (`dvc repro`)")
+    data = as_batch(features, model.config.modalities, model.config.labels, source)
+    return torch.softmax(predict_logits(model, data, batch_size, device), dim=-1).numpy()
 
 
 def evaluate_batch(model: ERCModel, data: Batch, batch_size: int, device: torch.device) -> dict:
