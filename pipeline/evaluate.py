@@ -32,9 +32,18 @@ def main(argv: list[str] | None = None) -> int:
         metrics, report = evaluate_stage(params, args.model, args.tables, args.features,
                                          args.split, args.metrics, args.plots)
         if args.register:
+            from mlflow.exceptions import MlflowException
+
             from hlm12erc.pyfunc import log_pyfunc_model
 
-            info = log_pyfunc_model(args.model, metrics, registered_name=args.register, extract=params.extract)
+            try:
+                info = log_pyfunc_model(args.model, metrics, registered_name=args.register, extract=params.extract)
+            except MlflowException as error:
+                reason = str(error.message).strip().splitlines()[0] if str(error.message).strip() else type(error).__name__
+                print(f"evaluate: metrics are in {args.metrics}, but registering the model as '{args.register}' "
+                      f"failed: {reason}; check the MLflow store (HLM12ERC_MLFLOW_URI or ./mlflow.db) and rerun "
+                      "this stage", file=sys.stderr)
+                return 2
             print(f"registered {args.register} version {info.registered_model_version} "
                   f"(models:/{args.register}/{info.registered_model_version})")
     except (ConfigError, DataError, FileNotFoundError, ImportError, ValueError) as error:

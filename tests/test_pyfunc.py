@@ -177,3 +177,30 @@ def test_predict_command_takes_a_model_uri(registered, clip, tmp_path, monkeypat
     local = Predictor.load(model_dir).predict(pd.DataFrame(_turns(clip)))
     np.testing.assert_allclose(from_uri[P_COLUMNS].to_numpy(), local[P_COLUMNS].to_numpy(), atol=1e-6)
     assert from_uri["dialogue"].tolist() == ["7", "7", "7"]
+
+
+def test_failed_registration_is_one_line_and_keeps_the_metrics(registered, erc_features_dir, erc_tables, tmp_path,
+                                                               monkeypatch, capsys):
+    import importlib.util
+
+    from mlflow.exceptions import MlflowException
+
+    import hlm12erc.pyfunc
+
+    uri, model_dir, _version, _metrics = registered
+    monkeypatch.setenv("HLM12ERC_MLFLOW_URI", uri)
+
+    def refuse(*_args, **_kwargs):
+        raise MlflowException("registry is read-only\nTraceback (most recent call last): ...")
+
+    monkeypatch.setattr(hlm12erc.pyfunc, "log_pyfunc_model", refuse)
+    spec = importlib.util.spec_from_file_location("stage_evaluate", PROJECT_ROOT / "pipeline" / "evaluate.py")
+    evaluate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evaluate)
+    metrics_path = tmp_path / "headline.json"
+    assert evaluate.main(["--params", str(PARAMS_FILE), "--model", str(model_dir), "--tables", str(erc_tables),
+                          "--features", str(erc_features_dir), "--split", "test", "--metrics", str(metrics_path),
+                          "--plots", str(tmp_path / "plots"), "--register", "hlm12erc"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "registering the model as 'hlm12erc' failed: registry is read-only" in err[0]
+    assert json.loads(metrics_path.read_text())["n"] > 0
