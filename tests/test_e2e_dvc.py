@@ -20,10 +20,11 @@ REPO = Path(__file__).resolve().parents[1]
 UNIMODAL = ("text", "audio", "visual")
 
 
-def _dvc(clone: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def _dvc(clone: Path, *args: str, check: bool = True,
+         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     dvc = Path(sys.executable).with_name("dvc")
     result = subprocess.run([str(dvc), *args], cwd=clone, text=True, capture_output=True,
-                            env=os.environ | {"DVC_NO_ANALYTICS": "1"})
+                            env=(os.environ if env is None else env) | {"DVC_NO_ANALYTICS": "1"})
     if check and result.returncode != 0:
         raise AssertionError(f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
@@ -116,3 +117,109 @@ def test_unknown_model_name_fails_listing_known_names(demo_clone: Path) -> None:
          "--plots", "/tmp/nope-plots"], cwd=demo_clone, text=True, capture_output=True)
     assert result.returncode == 2
     assert "nope" in result.stderr and "multimodal" in result.stderr and "Traceback" not in result.stderr
+
+
+GIT = ["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci"]
+
+
+def _commit_workspace(clone: Path, message: str) -> None:
+    subprocess.run([*GIT, "add", "-A"], cwd=clone, check=True)
+    subprocess.run([*GIT, "commit", "-qm", message, "--allow-empty"], cwd=clone, check=True)
+
+
+@pytest.mark.slow
+def test_push_to_a_remote_and_pull_into_a_fresh_clone_reproduces_nothing(demo_clone: Path,
+                                                                         tmp_path: Path) -> None:
+    """README "Many experiments and a shared cache": `dvc remote add -d`, push, clone, pull."""
+    remote = tmp_path / "remote"
+    _dvc(demo_clone, "remote", "add", "-d", "storage", str(remote))
+    _commit_workspace(demo_clone, "outputs and remote")
+    started = time.perf_counter()
+    _dvc(demo_clone, "push")
+    fresh = tmp_path / "fresh"
+    subprocess.run(["git", "clone", "-q", str(demo_clone), str(fresh)], check=True)
+    assert "storage" in _dvc(fresh, "remote", "list").stdout  # .dvc/config came with git
+    _dvc(fresh, "pull")
+    print(f"push + clone + pull: {time.perf_counter() - started:.0f} s")
+    assert "Data and pipelines are up to date" in _dvc(fresh, "status").stdout
+    assert (fresh / "data" / "media" / "manifest.csv").read_bytes() == \
+        (demo_clone / "data" / "media" / "manifest.csv").read_bytes()  # persist: true still pulls
+    frames = sorted(p.relative_to(demo_clone) for p in (demo_clone / "data" / "media").rglob("*.png"))
+    assert frames and all((fresh / p).is_file() for p in frames)
+    for model in ("final", "headline"):
+        assert (fresh / "models" / model / "model.pt").read_bytes() == \
+            (demo_clone / "models" / model / "model.pt").read_bytes(), model
+    repro = _dvc(fresh, "repro")
+    assert "Running stage" not in repro.stdout, repro.stdout
+    assert "up to date" in repro.stdout.lower(), repro.stdout
+    for name in ("final", "headline", "multimodal"):
+        assert _metrics(fresh, name) == _metrics(demo_clone, name), name
+    assert not (fresh / "mlflow.db").exists()  # nothing ran, nothing logged
+
+
+def _wait_for_queue(clone: Path, env: dict[str, str], timeout_s: float = 900) -> str:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = _dvc(clone, "queue", "status", env=env).stdout
+        tasks = [line.split() for line in status.splitlines()[1:] if line.strip() and "Worker" not in line]
+        if not any(fields[-1] in ("Queued", "Running") for fields in tasks if fields):
+            return status
+        if time.monotonic() > deadline:
+            _dvc(clone, "queue", "kill", *(fields[1] for fields in tasks if len(fields) > 3),
+                 check=False, env=env)
+            raise AssertionError(f"queue still busy after {timeout_s:.0f} s:\n{status}")
+        time.sleep(5)
+
+
+@pytest.mark.slow
+def test_queued_experiments_run_in_parallel_and_log_into_the_repo_store(demo_clone: Path,
+                                                                        tmp_path: Path) -> None:
+    """`dvc exp run --queue` x2 + `dvc queue start -j 2`, as a user runs it (no HLM12ERC_MLFLOW_URI).
+
+    Queued experiments run in copies under .dvc/tmp/exps/; their MLflow runs must land in the
+    repo's own mlflow.db (found through DVC_ROOT), created by whichever stage logs first: the
+    store is moved away first, so both experiments' train_headline race to create it.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "HLM12ERC_MLFLOW_URI"}
+    store = demo_clone / "mlflow.db"
+    if store.exists():
+        store.rename(tmp_path / "mlflow-before-queue.db")
+    _commit_workspace(demo_clone, "before the queue")
+    names = {"q-fusion": "fusion", "q-baseline": "baseline"}  # headline objectives never run here yet
+    for name, model in names.items():
+        _dvc(demo_clone, "exp", "run", "--queue", "-n", name, "-S", f"model={model}", env=env)
+    started = time.perf_counter()
+    try:
+        _dvc(demo_clone, "queue", "start", "-j", "2", env=env)
+        status = _wait_for_queue(demo_clone, env)
+    finally:
+        _dvc(demo_clone, "queue", "stop", check=False, env=env)
+    print(f"two queued experiments, -j 2: {time.perf_counter() - started:.0f} s")
+    logs = {name: _dvc(demo_clone, "queue", "logs", name, check=False, env=env).stdout for name in names}
+    for name in names:
+        assert f"{name}" in status and "Success" in status.split(name, 1)[1].splitlines()[0], (status, logs[name])
+        ran = [line for line in logs[name].splitlines() if line.startswith("Running stage")]
+        assert ran and all("headline" in line for line in ran), (name, ran)
+
+    shown = json.loads(_dvc(demo_clone, "exp", "show", "--json", env=env).stdout)
+    experiments = {exp["name"]: exp for row in shown for exp in (row.get("experiments") or [])}
+    for name, model in names.items():
+        assert experiments[name]["executor"]["state"] == "success", experiments[name]
+        data = experiments[name]["revs"][0]["data"]
+        assert data["params"]["params.yaml"]["data"]["model"] == model
+        headline = data["metrics"]["metrics/headline.json"]["data"]
+        assert headline["objective"] == model and 0 < headline["weighted_f1"] <= 1, headline
+
+    assert store.is_file(), "the queued runs did not create the repo's mlflow.db"
+    assert not list((demo_clone / ".dvc" / "tmp").rglob("mlflow.db*"))
+    assert not list((demo_clone / ".dvc" / "tmp").rglob("mlartifacts"))
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{store}")
+    experiment = client.get_experiment_by_name("hlm12erc")
+    runs = client.search_runs([experiment.experiment_id])
+    logged = {(r.data.tags.get("dvc_exp_name"), r.data.tags.get("dvc_stage"), r.info.status) for r in runs}
+    for name in names:
+        for stage in ("train_headline", "evaluate_headline"):
+            assert (name, stage, "FINISHED") in logged, sorted(map(str, logged))
+    assert experiment.artifact_location == (demo_clone / "mlartifacts").resolve().as_uri()
