@@ -28,3 +28,4 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/extract_throughput.py
+	$(PY) benchmarks/pipeline_throughput.py  # needs `make demo` outputs (data/, models/headline)

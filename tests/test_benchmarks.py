@@ -1,0 +1,85 @@
+"""benchmarks/pipeline_throughput.py --quick end to end on tiny generated inputs (no DVC outputs needed)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ERC_LABELS, erc_random_features
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "pipeline_throughput.py"
+
+
+def tiny_model(out_dir: Path) -> Path:
+    """A 1-epoch fusion model on random features shaped like the real encoders' output (no featurize)."""
+    from hlm12erc.config import PARAMS_FILE, load_params
+    from hlm12erc.features.audio import build_audio_encoder
+    from hlm12erc.features.visual import FaceEncoder, build_frame_encoder
+    from hlm12erc.training.trainer import save_model, train_model
+
+    params = load_params(PARAMS_FILE)
+    visual = params.features.visual
+    dims = {"text": 768, "audio": build_audio_encoder(params.features.audio).dim,
+            "visual": build_frame_encoder(visual).dim + FaceEncoder(visual.face_size, visual.face_model).dim}
+    config = dataclasses.replace(params.objective("final"), epochs=1)
+    train = dataclasses.replace(params.train, device="cpu", patience=1)
+    result = train_model(config, erc_random_features(28, 0, dims, ERC_LABELS),
+                         erc_random_features(14, 1, dims, ERC_LABELS), ERC_LABELS, train, progress=False)
+    save_model(result.model, out_dir, config, {"feature_dims": dims,
+                                               "features": dataclasses.asdict(params.features)})
+    return out_dir
+
+
+def tiny_clips(folder: Path) -> Path:
+    from hlm12erc.data import demo
+
+    for i in range(2):
+        demo.write_clip(folder / f"dia0_utt{i}.mp4", "joy", "anger", seconds=0.6, seed=i, size=(160, 120), fps=12)
+    return folder
+
+
+def number(cell: str) -> float:
+    return float(cell.strip())
+
+
+def test_pipeline_throughput_quick(erc_tables, tmp_path):
+    model = tiny_model(tmp_path / "model")
+    clips = tiny_clips(tmp_path / "clips")
+    out = tmp_path / "out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--tables", str(erc_tables),
+                           "--media", str(erc_tables.parent / "media"), "--clips", str(clips), "--model", str(model),
+                           "--utterances", "12", "--warmup", "2", "--out", str(out)],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {cells[0]: cells[1:] for cells in
+            ([c.strip() for c in line.strip().strip("|").split("|")] for line in proc.stdout.splitlines()
+             if line.startswith("| ") and not re.match(r"\|\s*(modality|conversation)\s*\|", line))}
+    for name in ("text (MiniLM + context)", "audio (log-mel)", "visual (stats + Haar faces)"):
+        utterances, rate, ms, load, rss = rows[name]
+        assert int(utterances) == 12
+        assert number(rate) > 0 and number(ms) > 0 and number(load) >= 0 and number(rss) > 0
+    for name in ("text only", "with clips"):
+        turns, cold, cold_rss, *cells = rows[name]
+        assert int(turns) == 10
+        assert all(number(c) > 0 for c in cells), (name, cells)
+        if name == "with clips" or cold != "-":  # --quick starts the CLI cold for the clips only
+            assert number(cold) > 0 and number(cold_rss) > 0
+    results = json.loads((out / "results.json").read_text())
+    used = {r["setting"]: r["used"] for r in results["predict"]}
+    assert used == {"text": ["text"], "clips": ["text+audio+visual"]}
+    for name in ("table.md", "featurize.csv", "predict.csv"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_pipeline_throughput_missing_inputs(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--tables", str(tmp_path / "none")],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert proc.returncode != 0
+    assert "make demo" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
