@@ -116,12 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     from hlm12erc.data.meld import DataError
 
     handled: tuple[type[BaseException], ...] = (ConfigError, DataError, FileNotFoundError, ValueError, OSError)
-    try:
+    if getattr(args, "model_uri", None):  # mlflow's import costs over a second: only when a URI is given
         from mlflow.exceptions import MlflowException
 
         handled += (MlflowException,)
-    except ImportError:  # pragma: no cover - mlflow is a dependency
-        pass
     try:
         if args.command == "predict":
             return predict_command(args)
