@@ -29,3 +29,4 @@ test: setup
 bench: setup
 	$(PY) benchmarks/extract_throughput.py
 	$(PY) benchmarks/pipeline_throughput.py  # needs `make demo` outputs (data/, models/headline)
+	$(PY) benchmarks/train_throughput.py
