@@ -20,6 +20,7 @@ register`` (run by ``make demo``) then adds the missing version once.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -111,8 +112,6 @@ def log_pyfunc_model(model_dir: str | os.PathLike[str], metrics: dict[str, Any] 
     Returns the :class:`mlflow.models.model.ModelInfo` (``registered_model_version`` is set when
     registered).
     """
-    import json
-
     model_dir = Path(model_dir)
     config_path = model_dir / "config.json"
     if not config_path.is_file():
@@ -171,8 +170,6 @@ def register_model(model_dir: str | os.PathLike[str], metrics: dict[str, Any], n
     Returns ``(version, created)``. For the registry to follow DVC: on a fresh clone DVC skips the
     evaluate stage whose outputs are committed, so nothing registered the model there.
     """
-    import json
-
     config_path = Path(model_dir) / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found; run the train stage for this model first (`dvc repro`)")
