@@ -102,6 +102,15 @@ def model_fingerprint(model_dir: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def _model_config(model_dir: Path) -> tuple[dict[str, Any], str | None]:
+    """A trained model folder's config.json and the name of the objective it was trained for."""
+    config_path = model_dir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found; run the train stage for this model first (`dvc repro`)")
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    return config, (config.get("objective") or {}).get("name")
+
+
 def log_pyfunc_model(model_dir: str | os.PathLike[str], metrics: dict[str, Any] | None = None,
                      registered_name: str | None = "hlm12erc", extract: ExtractParams | None = None,
                      run_name: str | None = None) -> Any:
@@ -113,11 +122,8 @@ def log_pyfunc_model(model_dir: str | os.PathLike[str], metrics: dict[str, Any] 
     registered).
     """
     model_dir = Path(model_dir)
-    config_path = model_dir / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} not found; run the train stage for this model first")
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    objective = (config.get("objective") or {}).get("name") or model_dir.name
+    config, trained = _model_config(model_dir)
+    objective = trained or model_dir.name
     metrics = dict(metrics or {})
     split = str(metrics.get("split", "test"))
     scores = {k: float(metrics[k]) for k in ("accuracy", "weighted_f1", "macro_f1") if k in metrics}
@@ -170,10 +176,7 @@ def register_model(model_dir: str | os.PathLike[str], metrics: dict[str, Any], n
     Returns ``(version, created)``. For the registry to follow DVC: on a fresh clone DVC skips the
     evaluate stage whose outputs are committed, so nothing registered the model there.
     """
-    config_path = Path(model_dir) / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} not found; run the train stage for this model first (`dvc repro`)")
-    trained = (json.loads(config_path.read_text(encoding="utf-8")).get("objective") or {}).get("name")
+    _config, trained = _model_config(Path(model_dir))
     scored = metrics.get("objective")
     if trained and scored and trained != scored:
         raise ValueError(f"the metrics are for objective '{scored}' but {model_dir} holds '{trained}': "
