@@ -108,7 +108,41 @@ class TrainParams:
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 1  # CPU threads for the (tiny) fusion models; 0 = all cores
     eval_batch_size: int = 256  # batch size for evaluation/prediction
-    nproc: int = 1  # kind=finetune: >1 = DistributedDataParallel over this many processes (torchrun)
+    nproc: int = 1  # stage text_encoder: >1 = DistributedDataParallel over this many processes (torchrun)
+
+
+@dataclass
+class TextEncoderParams:
+    """The fine-tuned text encoder(s) of stage ``text_encoder`` (MiniLM with dialogue context).
+
+    ``folds`` encoders are trained, each on the train dialogues of all folds but one, so a
+    fusion head can read every train utterance through an encoder that never saw it.
+    """
+
+    folds: int = 2  # cross-fitting folds (= encoders); 1 = one encoder on all train dialogues
+    model_path: str = ""  # "" = the bundled all-MiniLM-L6-v2
+    max_tokens: int = 128  # whole pair incl. [CLS]/[SEP]; only the context side is ever truncated
+    past_turns: int = 3  # previous turns as context, "Speaker: text" each
+    future_turns: int = 1  # next turns as context
+    pooling: str = "mean"  # mean | cls
+    dropout: float = 0.1
+    lr: float = 5e-5  # encoder body
+    head_lr: float = 1e-3  # the fresh linear classifier
+    warmup_ratio: float = 0.1  # linear warm-up over this share of the steps, then linear decay to 0
+    epochs: int = 4
+    min_steps: int = 0  # at least this many optimiser steps (more epochs on a small corpus such as the demo)
+    batch_size: int = 32
+    grad_accum: int = 1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    loss: str = "weighted_ce"  # ce | weighted_ce | focal
+    class_weight_power: float = 0.5  # class weights = inverse frequency ** power
+    focal_gamma: float = 2.0
+    label_smoothing: float = 0.1
+    patience: int = 3  # epochs without a better valid weighted-F1 before stopping
+    max_minutes: float | None = None  # wall-clock budget per encoder: no epoch that would end past it
+    max_train_rows: int | None = None  # a seeded subset of whole dialogues, for smoke runs
+    eval_batch_size: int = 64
 
 
 @dataclass
@@ -116,22 +150,25 @@ class ObjectiveConfig:
     """One named model config (an objective of the original study)."""
 
     name: str = "text"
-    kind: str = "features"  # features (a fusion model on cached features) | finetune (MiniLM end to end)
     modalities: list[str] = field(default_factory=lambda: ["text"])  # subset of text/audio/visual
-    fusion: str = "concat"  # concat | attention
+    text: str = "frozen"  # frozen (cached MiniLM features) | finetuned (the text_encoder stage's encoders)
+    fusion: str = "concat"  # concat | attention | none (the fine-tuned encoders' own classifiers)
     hidden: int = 128  # projection width; 0 = linear model on the concatenated features
+    dialogue: str = "none"  # none | past | bidirectional: a transformer over each dialogue's utterances
+    dialogue_layers: int = 1
     loss: str = "ce"  # ce | weighted_ce | focal | dice
+    class_weight_power: float = 1.0  # weighted_ce/focal: inverse class frequency ** power
+    label_smoothing: float = 0.0
     aux_loss: str = "none"  # none | contrastive | triplet
     aux_weight: float = 0.0
     dropout: float = 0.2
     focal_gamma: float = 2.0
-    heads: int = 4  # attention heads (fusion=attention); must divide hidden
+    heads: int = 4  # attention heads (fusion=attention, dialogue context); must divide hidden
     temperature: float = 0.1  # supervised contrastive temperature (aux_loss=contrastive)
     margin: float = 0.5  # batch-hard triplet margin (aux_loss=triplet)
     lr: float | None = None  # overrides train.lr
     epochs: int | None = None  # overrides train.epochs
     train_table: str = "train"  # train | sample
-    finetune: dict[str, Any] = field(default_factory=dict)  # kind=finetune: FinetuneConfig fields
 
 
 @dataclass
@@ -142,6 +179,7 @@ class Params:
     tabulate: TabulateParams = field(default_factory=TabulateParams)
     features: FeatureParams = field(default_factory=FeatureParams)
     train: TrainParams = field(default_factory=TrainParams)
+    text_encoder: TextEncoderParams = field(default_factory=TextEncoderParams)
     labels: list[str] = field(default_factory=lambda: list(MELD_LABELS))
     objectives: dict[str, ObjectiveConfig] = field(default_factory=dict)
 
@@ -195,9 +233,24 @@ def params_from_dict(raw: dict[str, Any]) -> Params:
     if isinstance(params.train.nproc, bool) or not isinstance(params.train.nproc, int) or params.train.nproc < 1:
         raise ConfigError(f"params: train.nproc={params.train.nproc!r} must be a whole number >= 1 "
                           "(1 = one process; N = torchrun with N processes)")
+    for name, objective in params.objectives.items():
+        _check_objective(name, objective)
     if params.data.source not in ("demo", "kaggle", "local"):
         raise ConfigError(f"params: data.source='{params.data.source}' is not one of demo, kaggle, local")
     return params
+
+
+def _check_objective(name: str, objective: ObjectiveConfig) -> None:
+    """Choices that only make sense together, checked before any stage starts."""
+    if objective.text not in ("frozen", "finetuned"):
+        raise ConfigError(f"params: objectives.{name}.text='{objective.text}' is not frozen or finetuned")
+    if objective.fusion == "none" and (objective.text != "finetuned" or list(objective.modalities) != ["text"]):
+        raise ConfigError(f"params: objectives.{name}: fusion none means the fine-tuned text encoders alone; "
+                          "set modalities: [text] and text: finetuned")
+    unknown = [m for m in objective.modalities if m not in ("text", "audio", "visual")]
+    if unknown or not objective.modalities:
+        raise ConfigError(f"params: objectives.{name}.modalities={objective.modalities} must be a non-empty "
+                          "subset of [text, audio, visual]")
 
 
 def load_params(path: str | os.PathLike[str] | None = None) -> Params:

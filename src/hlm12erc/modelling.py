@@ -6,8 +6,8 @@
   * a YAML holding one objective config (``modalities: [...]``, ``fusion: ...``): its name is
     ``name`` or the file stem.
 It returns an :class:`~hlm12erc.config.ObjectiveConfig`, the config :class:`ERCTrainer` takes.
-``ERCModel`` is the pipeline's model (:mod:`hlm12erc.models.erc`); build one with
-``ERCModel.from_objective(config, input_dims, labels)`` or ``ERCModel(ERCConfig(...))``.
+``ERCModel`` is the pipeline's model (:class:`hlm12erc.models.erc.ErcModel`: ``fit``, ``predict_proba``,
+``save``, ``load``); :class:`ERCTrainer` builds and trains one from a config.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 import yaml
 
 from hlm12erc.config import ConfigError, ObjectiveConfig, params_from_dict
-from hlm12erc.models.erc import ERCConfig, ERCModel
+from hlm12erc.models.erc import ErcModel as ERCModel
 
-__all__ = ["ERCConfigLoader", "ERCModel", "ERCConfig"]
+__all__ = ["ERCConfigLoader", "ERCModel"]
 
 
 class ERCConfigLoader:

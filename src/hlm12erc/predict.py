@@ -4,8 +4,8 @@ A conversation is a CSV or JSON file (a list of turns, or ``{"turns": [...]}``) 
 turn, ``speaker`` and ``text``, optionally ``clip`` (an mp4 path, relative to the file) and
 ``dialogue`` (several dialogues in one file). It becomes a 1NF table like the training tables
 (``split, dialogue, sequence, speaker, x_text, x_visual, x_audio, label...``; ``label`` is a
-placeholder), so the dialogue context is built exactly as in training: the featurizer's
-context window for feature models, the fine-tune input builder for ``kind: finetune`` models.
+placeholder), so the dialogue context is built exactly as in training (:mod:`hlm12erc.data.context`),
+and the probabilities come from the same ``ErcModel.predict_proba`` as the evaluate stage.
 
 Clips are decoded with :mod:`hlm12erc.media` (the extract stage's code and params) into a temp
 folder. A turn without a clip, or whose clip fails to decode, has its audio/visual masks False
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hlm12erc.config import ExtractParams, FeatureParams
+from hlm12erc.config import ExtractParams
 from hlm12erc.data.meld import DataError, normalize_text
 
 REQUIRED_COLUMNS = ("speaker", "text")
@@ -196,15 +196,11 @@ def extract_media(table: pd.DataFrame, clips: list[str], media_dir: str | os.Pat
 
 @dataclass
 class Predictor:
-    """A trained model folder (feature fusion model or fine-tuned MiniLM), ready to predict."""
+    """A trained model folder (any objective: one :class:`~hlm12erc.models.erc.ErcModel`), ready to predict."""
 
     model_dir: Path
-    kind: str  # features | finetune
-    labels: list[str]
-    modalities: list[str]
-    model: Any
+    model: Any  # ErcModel
     extract: ExtractParams
-    feature_params: FeatureParams | None = None
     device: str = "cpu"
     eval_batch_size: int = 256
     _featurizer: Any = None
@@ -212,33 +208,28 @@ class Predictor:
     @classmethod
     def load(cls, model_dir: str | os.PathLike[str], extract: ExtractParams | None = None,
              device: str = "cpu", eval_batch_size: int = 256) -> "Predictor":
+        from hlm12erc.models.erc import ErcModel
+
         model_dir = Path(model_dir)
-        config_path = model_dir / "config.json"
-        if not config_path.is_file():
+        if not (model_dir / "config.json").is_file():
             why = "does not exist" if not model_dir.exists() else "has no config.json"
             raise PredictError(f"model folder {model_dir} {why}; train it first (`dvc repro train_headline` "
                                "writes models/headline) or pass --model DIR / --model-uri models:/hlm12erc/1")
         try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-        except ValueError:
-            raise PredictError(f"{config_path}: not valid JSON; retrain the model") from None
-        extract = extract or ExtractParams()
-        if config.get("kind") == "finetune":
-            from hlm12erc.training.finetune import load_finetuned
+            model = ErcModel.load(model_dir, device)
+        except (KeyError, TypeError, RuntimeError, ValueError, FileNotFoundError) as error:
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise PredictError(f"{model_dir}: not a model folder this version can read ({first}); "
+                               "retrain it (`dvc repro`)") from None
+        return cls(model_dir, model, extract or ExtractParams(), device, eval_batch_size)
 
-            loaded = load_finetuned(model_dir, device)
-            return cls(model_dir, "finetune", list(loaded[3]), ["text"], loaded, extract, None, device,
-                       eval_batch_size)
-        from hlm12erc.training.trainer import load_model
+    @property
+    def labels(self) -> list[str]:
+        return self.model.labels
 
-        try:
-            model, _ = load_model(model_dir, device)
-        except (KeyError, TypeError, RuntimeError) as error:
-            raise PredictError(f"{model_dir}: not a model folder written by the train stage ({error}); "
-                               "retrain it") from None
-        feature_params = getattr(model, "feature_params", None) or FeatureParams()
-        return cls(model_dir, "features", list(model.config.labels), list(model.config.modalities), model,
-                   extract, feature_params, device, eval_batch_size)
+    @property
+    def modalities(self) -> list[str]:
+        return self.model.modalities
 
     @property
     def needs_media(self) -> bool:
@@ -257,27 +248,25 @@ class Predictor:
         return self._result(turns, table, probs, mask)
 
     def _probabilities(self, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """(N, labels) probabilities and the (N, modalities) present-mask, in table order."""
-        import torch
-
-        if self.kind == "finetune":
-            from hlm12erc.training.finetune import predict_proba
-
-            probs = predict_proba(self.model, table, batch_size=self.eval_batch_size)
-            return probs, np.array([[bool(t.strip())] for t in table["x_text"]], dtype=bool)
-        from hlm12erc.config import ConfigError
+        """(N, labels) probabilities and the (N, modalities) present-mask, in table order; the same
+        featurizer settings and the same ``predict_proba`` as the evaluate stage."""
+        from hlm12erc.config import ConfigError, params_from_dict
         from hlm12erc.features.store import MODALITIES, Featurizer
-        from hlm12erc.training.trainer import predict_proba
 
-        if self._featurizer is None:
-            self._featurizer = Featurizer(self.feature_params, progress=False)
-        features = self._featurizer(table)
+        features = None
+        if self.model.uses_cached_features:
+            if self._featurizer is None:
+                feature_params = params_from_dict({"features": self.model.meta.get("features") or {}}).features
+                self._featurizer = Featurizer(feature_params, progress=False)
+            features = self._featurizer(table)
         try:
-            probs = predict_proba(self.model, features, self.eval_batch_size, torch.device(self.device),
-                                  f"{self.model_dir} on this conversation")
+            probs = self.model.predict_proba(table, features, batch_size=self.eval_batch_size, device=self.device)
         except ConfigError as error:
-            raise PredictError(str(error)) from None
-        return probs, features.mask[:, [MODALITIES.index(m) for m in self.modalities]]
+            raise PredictError(f"{self.model_dir} on this conversation: {error}") from None
+        text_present = np.array([bool(str(t).strip()) for t in table["x_text"]], dtype=bool)
+        columns = [features.mask[:, MODALITIES.index(m)] if features is not None and m != "text" else text_present
+                   for m in self.modalities]
+        return probs, np.stack(columns, axis=1)
 
     def _result(self, turns: pd.DataFrame, table: pd.DataFrame, probs: np.ndarray, mask: np.ndarray) -> pd.DataFrame:
         result = pd.DataFrame({"dialogue": turns["dialogue"].to_numpy(),

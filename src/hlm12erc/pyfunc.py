@@ -137,7 +137,7 @@ def log_pyfunc_model(model_dir: str | os.PathLike[str], metrics: dict[str, Any] 
         code = _package_copy(Path(tmp))
         with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or f"register-{objective}", tags=tags):
             mlflow.log_params({"model_dir": str(model_dir), "objective": objective,
-                               "kind": config.get("kind", "features"),
+                               "text": (config.get("model") or {}).get("text", "frozen"),
                                **{f"extract.{k}": v for k, v in asdict(extract).items()}})
             if scores:
                 mlflow.log_metrics({f"{split}_{k}": v for k, v in scores.items()})

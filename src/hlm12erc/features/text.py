@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from hlm12erc.config import TextFeatureParams
+from hlm12erc.data.context import previous_turns
 
 EMBEDDING_DIM = 384  # all-MiniLM-L6-v2
 
@@ -69,29 +70,12 @@ class TextEncoder:
         return out
 
 
-def context_strings(table: pd.DataFrame, window: int) -> list[str]:
-    """For each row, its ``window`` previous turns (same dialogue, by sequence) as ``Speaker: text``."""
-    dialogue_key = ["source_split", "dialogue"] if "source_split" in table.columns else ["dialogue"]
-    contexts = [""] * len(table)
-    if window <= 0:
-        return contexts
-    positions = pd.DataFrame({"row": np.arange(len(table))})
-    for column in dialogue_key + ["sequence"]:
-        positions[column] = table[column].to_numpy()
-    for _, turns in positions.groupby(dialogue_key, sort=False):
-        turns = turns.sort_values("sequence", kind="stable")
-        lines = [f"{table['speaker'].iat[r]}: {table['x_text'].iat[r]}" for r in turns["row"]]
-        for i, row in enumerate(turns["row"]):
-            contexts[row] = "\n".join(lines[max(0, i - window):i])
-    return contexts
-
-
 def text_features(table: pd.DataFrame, params: TextFeatureParams,
                   encoder: TextEncoder | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(N, 768) features and the (N,) present-mask (False where the utterance is empty)."""
     encoder = encoder or TextEncoder(params)
     utterances = [str(t) for t in table["x_text"]]
-    contexts = context_strings(table, params.context_window)
+    contexts = previous_turns(table, params.context_window)
     features = np.zeros((len(table), 2 * EMBEDDING_DIM), dtype=np.float32)
     if len(table):
         features[:, :EMBEDDING_DIM] = encoder.encode(utterances)

@@ -1,24 +1,31 @@
 """Losses, all computed from logits (never from softmax outputs fed back into a log).
 
-Main terms (``objective.loss``): ``ce``, ``weighted_ce`` (inverse-frequency class weights from
-the train labels), ``focal`` (gamma), ``dice`` (soft multi-class Dice).
+Main terms (``loss``): ``ce``, ``weighted_ce`` (inverse-frequency class weights from the train
+labels, to the power ``class_weight_power``), ``focal`` (gamma; class-weighted unless the power
+is 0), ``dice`` (soft multi-class Dice); ``label_smoothing`` for the cross-entropies.
 Auxiliary terms on the fused embedding (``objective.aux_loss``, scaled by ``aux_weight``):
 ``contrastive`` (supervised contrastive, Khosla et al. 2020) and ``triplet`` (batch-hard).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 
-def class_weights(targets: Sequence[int] | np.ndarray, n_classes: int) -> torch.Tensor:
-    """Inverse-frequency weights ``N / (C * count_c)``; a class absent from train gets 1."""
+def class_weights(targets: Sequence[int] | np.ndarray, n_classes: int, power: float = 1.0) -> torch.Tensor:
+    """Inverse-frequency weights ``(N / (C * count_c)) ** power`` (power 0.5 = the milder square root);
+    a class absent from train gets the largest present weight."""
     counts = np.bincount(np.asarray(targets, dtype=int), minlength=n_classes).astype(np.float64)
-    weights = np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 1.0)
+    present = counts > 0
+    weights = np.ones(n_classes)
+    weights[present] = (counts.sum() / (n_classes * counts[present])) ** power
+    if present.any():
+        weights[~present] = weights[present].max()
     return torch.tensor(weights, dtype=torch.float32)
 
 
@@ -79,38 +86,66 @@ def batch_hard_triplet_loss(embedding: torch.Tensor, targets: torch.Tensor, marg
     return F.relu(hardest_positive - hardest_negative + margin)[valid].mean()
 
 
-Criterion = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+@dataclass
+class LossConfig:
+    """The loss settings an objective or the text encoder carries (same names in params.yaml)."""
+
+    name: str = "model"  # for error messages
+    loss: str = "ce"  # ce | weighted_ce | focal | dice
+    class_weight_power: float = 1.0  # weighted_ce / focal class weights = inverse frequency ** power
+    label_smoothing: float = 0.0  # ce / weighted_ce
+    focal_gamma: float = 2.0
+    aux_loss: str = "none"  # none | contrastive | triplet, on the embedding
+    aux_weight: float = 0.0
+    temperature: float = 0.1
+    margin: float = 0.5
+
+    @classmethod
+    def of(cls, settings: object) -> "LossConfig":
+        """The loss fields of any settings object (an ObjectiveConfig, the text encoder params)."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls) if hasattr(settings, f.name)})
 
 
-def build_criterion(objective, train_targets: Sequence[int] | np.ndarray, n_classes: int) -> Criterion:
-    """``criterion(logits, embedding, targets)`` = main loss + aux_weight * auxiliary loss."""
-    weight = class_weights(train_targets, n_classes) if objective.loss == "weighted_ce" else None
+class Criterion:
+    """``criterion(logits, embedding, targets)`` = main loss + aux_weight * auxiliary loss, from logits.
 
-    def main(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if objective.loss == "ce":
-            return F.cross_entropy(logits, targets)
-        if objective.loss == "weighted_ce":
-            return F.cross_entropy(logits, targets, weight=weight.to(logits.device))
-        if objective.loss == "focal":
-            return focal_loss(logits, targets, objective.focal_gamma)
-        return dice_loss(logits, targets)
+    ``denominator(targets)`` is what the main loss's mean divides by (the targets' class weights,
+    or their count), so data-parallel ranks can weight their shares of one batch exactly.
+    """
 
-    def auxiliary(embedding: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if objective.aux_loss == "contrastive":
-            return supervised_contrastive_loss(embedding, targets, objective.temperature)
-        return batch_hard_triplet_loss(embedding, targets, objective.margin)
+    def __init__(self, config: LossConfig, train_targets: Sequence[int] | np.ndarray, n_classes: int):
+        if config.loss not in ("ce", "weighted_ce", "focal", "dice"):
+            raise ValueError(f"{config.name}: loss='{config.loss}' is not known; use ce, weighted_ce, focal or dice")
+        if config.aux_loss not in ("none", "contrastive", "triplet"):
+            raise ValueError(f"{config.name}: aux_loss='{config.aux_loss}' is not known; "
+                             "use none, contrastive or triplet")
+        self.config = config
+        weighted = config.loss == "weighted_ce" or (config.loss == "focal" and config.class_weight_power > 0)
+        self.weight = class_weights(train_targets, n_classes, config.class_weight_power) if weighted else None
 
-    if objective.loss not in ("ce", "weighted_ce", "focal", "dice"):
-        raise ValueError(f"objective {objective.name}: loss='{objective.loss}' is not known; "
-                         "use ce, weighted_ce, focal or dice")
-    if objective.aux_loss not in ("none", "contrastive", "triplet"):
-        raise ValueError(f"objective {objective.name}: aux_loss='{objective.aux_loss}' is not known; "
-                         "use none, contrastive or triplet")
+    def main(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        c, weight = self.config, None if self.weight is None else self.weight.to(logits.device)
+        if c.loss in ("ce", "weighted_ce"):
+            return F.cross_entropy(logits.float(), targets, weight=weight, label_smoothing=c.label_smoothing)
+        if c.loss == "focal":
+            return focal_loss(logits.float(), targets, c.focal_gamma, weight)
+        return dice_loss(logits.float(), targets)
 
-    def criterion(logits: torch.Tensor, embedding: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        loss = main(logits, targets)
-        if objective.aux_loss != "none" and objective.aux_weight:
-            loss = loss + objective.aux_weight * auxiliary(embedding, targets)
+    def denominator(self, targets: torch.Tensor) -> float:
+        if self.weight is None or self.config.loss == "dice":
+            return float(len(targets))
+        return float(self.weight[targets.cpu()].sum())
+
+    def __call__(self, logits: torch.Tensor, embedding: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        loss = self.main(logits, targets)
+        c = self.config
+        if c.aux_loss == "contrastive" and c.aux_weight:
+            loss = loss + c.aux_weight * supervised_contrastive_loss(embedding.float(), targets, c.temperature)
+        elif c.aux_loss == "triplet" and c.aux_weight:
+            loss = loss + c.aux_weight * batch_hard_triplet_loss(embedding.float(), targets, c.margin)
         return loss
 
-    return criterion
+
+def build_criterion(settings: object, train_targets: Sequence[int] | np.ndarray, n_classes: int) -> Criterion:
+    """The criterion of an objective (or any settings object with :class:`LossConfig`'s fields)."""
+    return Criterion(LossConfig.of(settings), train_targets, n_classes)

@@ -3,6 +3,7 @@
     train, valid = MeldDataset("data/tables/train.csv"), MeldDataset("data/tables/valid.csv")
     config = ERCConfigLoader("params.yaml", "final").load()
     _, model = ERCTrainer(config).train(data=(train, valid), n_epochs=5, batch_size=32, save_to="models/nb")
+    model = ErcModel.load("models/nb")   # the same model back (any objective: one interface)
     metrics = ERCEvaluator(model).evaluate(dataset=MeldDataset("data/tables/test.csv"), batch_size=64)
 
 Datasets are featurized on the fly with the same frozen encoders as the featurize stage
@@ -12,20 +13,20 @@ functions the train/evaluate stages call.
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 
-from hlm12erc.config import PARAMS_FILE, FeatureParams, ObjectiveConfig, Params, load_params
+from hlm12erc.config import PARAMS_FILE, FeatureParams, ObjectiveConfig, Params, load_params, params_from_dict
 from hlm12erc.data.meld import load_table
-from hlm12erc.features.store import FeatureSet, Featurizer
-from hlm12erc.models.erc import ERCModel
+from hlm12erc.features.store import MODALITIES, FeatureSet, Featurizer
+from hlm12erc.models.erc import ErcModel
 from hlm12erc.training.metrics import compute_metrics, report_text
-from hlm12erc.training.trainer import (Batch, TrainResult, collate, predict_logits, save_model, select_device,
-                                       train_model)
+from hlm12erc.training.trainer import label_ids, new_model, select_device
 
 
 def _default_params() -> Params:
@@ -55,14 +56,25 @@ class MeldDataset:
         return self._features[key]
 
 
+class FeatureBatch(NamedTuple):
+    features: dict[str, torch.Tensor]  # modality -> (B, d)
+    mask: torch.Tensor  # (B, M) bool, in the collator's modality order
+    targets: torch.Tensor  # (B,) class ids
+
+
 class ERCDataCollator:
-    """Feature items (``FeatureSet[i]``) -> a :class:`~hlm12erc.training.trainer.Batch` of tensors."""
+    """Feature items (``FeatureSet[i]``) -> a :class:`FeatureBatch` of tensors."""
 
     def __init__(self, modalities: Sequence[str], labels: Sequence[str]):
         self.modalities, self.labels = list(modalities), list(labels)
 
-    def __call__(self, items: Sequence[dict]) -> Batch:
-        return collate(items, self.modalities, self.labels)
+    def __call__(self, items: Sequence[dict]) -> FeatureBatch:
+        columns = [MODALITIES.index(m) for m in self.modalities]
+        features = {m: torch.as_tensor(np.stack([item[m] for item in items]), dtype=torch.float32)
+                    for m in self.modalities}
+        mask = torch.as_tensor(np.stack([np.asarray(item["mask"])[columns] for item in items]), dtype=torch.bool)
+        frame = pd.DataFrame({"label": [item["label"] for item in items]})
+        return FeatureBatch(features, mask, torch.as_tensor(label_ids(frame, self.labels, "feature items")))
 
 
 class ERCMetricCalculator:
@@ -87,38 +99,38 @@ class ERCTrainer:
 
     def train(self, data: tuple[MeldDataset, MeldDataset], n_epochs: int | None = None,
               batch_size: int | None = None, save_to: str | Path | None = None,
-              device: str | None = None) -> tuple[TrainResult, ERCModel]:
-        """Returns ``(result, model)``; ``result.history`` holds the per-epoch curves."""
+              device: str | None = None) -> tuple[dict, ErcModel]:
+        """Returns ``(info, model)``; ``info["history"]`` holds the per-epoch curves."""
         train_data, valid_data = data
-        train_params = replace(self.params.train, batch_size=batch_size or self.params.train.batch_size,
-                               device=device or self.params.train.device)
+        params = replace(self.params, train=replace(self.params.train,
+                                                    batch_size=batch_size or self.params.train.batch_size,
+                                                    device=device or self.params.train.device))
         objective = replace(self.config, epochs=n_epochs or self.config.epochs)
-        feature_params = self.params.features
-        train_set, valid_set = train_data.features(feature_params), valid_data.features(feature_params)
-        result = train_model(objective, train_set, valid_set, self.params.labels, train_params,
-                             select_device(train_params.device), progress=False)
-        result.model.feature_params = feature_params
+        train_set, valid_set = train_data.features(params.features), valid_data.features(params.features)
+        model = new_model(objective, params, train_set.dims)
+        model.fit(train_data.df, valid_data.df, train_set, valid_set, params,
+                  device=select_device(params.train.device), progress=False)
+        info = dict(model.info)
+        model.info.pop("history", None)
         if save_to:
-            save_model(result.model, save_to, objective, {"feature_dims": train_set.dims,
-                                                          "features": asdict(feature_params)})
-        return result, result.model
+            model.save(save_to)
+        return info, model
 
 
 class ERCEvaluator:
     """Scores a trained model on a MeldDataset; prints scikit-learn's classification report."""
 
-    def __init__(self, model: ERCModel, feature_params: FeatureParams | None = None):
+    def __init__(self, model: ErcModel):
         self.model = model
-        self.feature_params = feature_params or getattr(model, "feature_params", None) or _default_params().features
 
     def evaluate(self, dataset: MeldDataset, batch_size: int = 256, device: str | None = None) -> dict:
-        features = dataset.features(self.feature_params)
-        labels = self.model.config.labels
-        collator = ERCDataCollator(self.model.config.modalities, labels)
-        data = collator([features[i] for i in range(len(features))])
-        target = select_device(device or "auto")
-        logits = predict_logits(self.model.to(target), data, batch_size, target)
-        predicted = [labels[i] for i in torch.argmax(logits, dim=1).tolist()]
+        feature_params = params_from_dict({"features": self.model.meta.get("features") or {}}).features
+        features = dataset.features(feature_params) if self.model.uses_cached_features else None
+        self.model.to(select_device(device or "auto"))
+        probs = self.model.predict_proba(dataset.df, features, batch_size=batch_size)
+        labels = self.model.labels
+        predicted = [labels[i] for i in probs.argmax(1)]
+        actual = dataset.df["label"].astype(str).tolist()
         calculator = ERCMetricCalculator(labels)
-        print(calculator.report(features.labels, predicted))
-        return calculator(features.labels, predicted)
+        print(calculator.report(actual, predicted))
+        return calculator(actual, predicted)

@@ -35,3 +35,16 @@ def report_text(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[s
 def confusion(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]) -> np.ndarray:
     """Counts, rows = true label, columns = predicted label, in ``labels`` order."""
     return confusion_matrix(y_true, y_pred, labels=list(labels))
+
+
+def scores_from_logits(logits: np.ndarray, y: np.ndarray, n_labels: int) -> dict[str, float]:
+    """Plain cross-entropy (comparable across objectives), accuracy, weighted and macro F1 of class-id logits."""
+    import torch
+
+    pred = np.asarray(logits).argmax(1)
+    loss = float(torch.nn.functional.cross_entropy(torch.as_tensor(logits, dtype=torch.float32),
+                                                   torch.as_tensor(y)).item()) if len(y) else float("nan")
+    labels = list(range(n_labels))
+    return {"loss": loss, "accuracy": float(accuracy_score(y, pred)),
+            "weighted_f1": float(f1_score(y, pred, labels=labels, average="weighted", zero_division=0)),
+            "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0))}

@@ -1,6 +1,7 @@
 """What each model-side DVC stage does, called by the short scripts in ``pipeline/``.
 
-featurize: tables -> cached feature arrays; train: features -> a checkpoint + history;
+featurize: tables -> cached feature arrays; text_encoder: tables -> the fine-tuned text encoders;
+train: tables + features (+ encoders) -> a model folder + history;
 evaluate: a checkpoint + features -> metrics JSON, confusion/prediction CSVs and a PNG;
 report: metrics of several objectives -> one table and one bar plot. Train and evaluate are
 each one MLflow run.
@@ -18,11 +19,11 @@ import numpy as np
 import pandas as pd
 
 from hlm12erc import tracking
-from hlm12erc.config import ConfigError, Params
-from hlm12erc.features.store import MODALITIES, TABLE_SPLITS, FeatureSet, featurize_tables
+from hlm12erc.config import ConfigError, ObjectiveConfig, Params
+from hlm12erc.features.store import TABLE_SPLITS, FeatureSet, featurize_tables
+from hlm12erc.models.erc import ErcModel
 from hlm12erc.training.metrics import compute_metrics, confusion, report_text
-from hlm12erc.training.trainer import (load_model, predict_proba, save_model, select_device, set_cpu_threads,
-                                       train_model)
+from hlm12erc.training.trainer import HISTORY_COLUMNS, new_model, select_device, set_cpu_threads
 
 
 def featurize_stage(params: Params, tables_dir: str | Path, out_dir: str | Path) -> dict[str, FeatureSet]:
@@ -47,62 +48,99 @@ def load_split(features_dir: str | Path, tables_dir: str | Path, split: str) -> 
     return features
 
 
-def _check_objective(params: Params, name: str):
-    objective = params.objective(name)
-    if objective.kind not in ("features", "finetune"):
-        raise ConfigError(f"objective {name}: kind '{objective.kind}' is not features or finetune")
-    if objective.kind == "finetune" and list(objective.modalities) != ["text"]:
-        raise ConfigError(f"objective {name}: kind finetune fine-tunes the text encoder; set modalities: [text]")
-    unknown = [m for m in objective.modalities if m not in MODALITIES]
-    if unknown or not objective.modalities:
-        raise ConfigError(f"objective {name}: modalities {objective.modalities} must be a non-empty subset of "
-                          f"{list(MODALITIES)}")
-    return objective
+def _load_tables(tables_dir: str | Path, splits: Sequence[str], labels: Sequence[str]) -> list[pd.DataFrame]:
+    from hlm12erc.data.meld import load_table
+
+    return [load_table(Path(tables_dir) / f"{split}.csv", labels) for split in splits]
+
+
+def _features_or_none(model: ErcModel, features_dir: str | Path, tables_dir: str | Path, split: str):
+    return load_split(features_dir, tables_dir, split) if model.uses_cached_features else None
+
+
+def _write_history(history: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(history, columns=list(HISTORY_COLUMNS))
+    frame.to_csv(path, index=False, float_format="%.6f")
+
+
+def text_encoder_stage(params: Params, tables_dir: str | Path, out_dir: str | Path, plots_dir: str | Path,
+                       progress: bool = True) -> dict:
+    """Fine-tune the cross-fitted text encoders once, for every objective with ``text: finetuned``.
+
+    Under torchrun every rank trains; only rank 0 opens the MLflow run and writes the outputs.
+    """
+    from hlm12erc.training.distributed import is_main_process
+
+    train, valid = _load_tables(tables_dir, ["train", "valid"], params.labels)
+    objective = ObjectiveConfig(name="text_encoder", text="finetuned", fusion="none")
+    model = new_model(objective, params)
+    main = is_main_process()
+    logged = {"text_encoder": asdict(params.text_encoder), "labels": params.labels, "seed": params.train.seed,
+              "nproc": params.train.nproc}
+    with tracking.start_run("train", "text_encoder", logged) if main else contextlib.nullcontext():
+        model.fit(train, valid, None, None, params, device=select_device(params.train.device),
+                  on_epoch=_log_epoch if main else None, progress=progress)
+        if main:
+            _write_history(model.info.pop("history"), Path(plots_dir) / "history.csv")
+            model.save(out_dir)
+            tracking.log_metrics({f"{part}_best_valid_weighted_f1": info["best_valid_weighted_f1"]
+                                  for part, info in model.info.items() if isinstance(info, dict)})
+            tracking.log_artifact(Path(plots_dir) / "history.csv")
+    return {"objective": "text_encoder", "main": main,
+            "best_valid_weighted_f1": max(i["best_valid_weighted_f1"] for i in model.info.values()
+                                          if isinstance(i, dict)),
+            "best_epoch": [i["best_epoch"] for i in model.info.values() if isinstance(i, dict)],
+            "epochs_run": len(model.encoders)}
+
+
+def _log_epoch(row: dict) -> None:
+    part = row["part"]
+    tracking.log_metrics({f"{part}_{k}": v for k, v in row.items() if k not in ("part", "epoch")},
+                         step=int(row["epoch"]))
 
 
 def train_stage(params: Params, objective_name: str, tables_dir: str | Path, features_dir: str | Path,
-                out_dir: str | Path, plots_dir: str | Path, progress: bool = True) -> dict:
-    """Train one objective; write model.pt/config.json and history.csv; log one MLflow run."""
-    objective = _check_objective(params, objective_name)
-    if objective.kind == "finetune":
-        return _train_finetune_stage(params, objective, tables_dir, out_dir, plots_dir)
-    train_set = load_split(features_dir, tables_dir, objective.train_table)
-    valid_set = load_split(features_dir, tables_dir, "valid")
+                out_dir: str | Path, plots_dir: str | Path, encoders_dir: str | Path | None = None,
+                progress: bool = True) -> dict:
+    """Train one objective; write its model folder and history.csv; log one MLflow run."""
+    objective = params.objective(objective_name)
+    train, valid = _load_tables(tables_dir, [objective.train_table, "valid"], params.labels)
+    dims = load_split(features_dir, tables_dir, objective.train_table).dims if objective.fusion != "none" else {}
+    model = new_model(objective, params, dims)
+    train_set = _features_or_none(model, features_dir, tables_dir, objective.train_table)
+    valid_set = _features_or_none(model, features_dir, tables_dir, "valid")
+    encoders = ErcModel.load(encoders_dir) if model.config.encoder is not None and encoders_dir else None
     device = select_device(params.train.device)
     logged = {"objective": asdict(objective), "train": asdict(params.train),
               "features": asdict(params.features), "labels": params.labels, "device": str(device)}
     with tracking.start_run("train", objective.name, logged):
-        result = train_model(objective, train_set, valid_set, params.labels, params.train, device,
-                             on_epoch=lambda row: tracking.log_metrics(
-                                 {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"])),
-                             progress=progress)
-        save_model(result.model, out_dir, objective, {
-            "feature_dims": train_set.dims, "features": asdict(params.features),
-            "best_epoch": result.best_epoch, "best_valid_weighted_f1": result.best_valid_weighted_f1})
-        Path(plots_dir).mkdir(parents=True, exist_ok=True)
-        result.history.to_csv(Path(plots_dir) / "history.csv", index=False)
-        tracking.log_metrics({"best_valid_weighted_f1": result.best_valid_weighted_f1,
-                              "best_epoch": result.best_epoch, "epochs_run": len(result.history)})
+        model.fit(train, valid, train_set, valid_set, params, encoders_from=encoders, device=device,
+                  on_epoch=_log_epoch, progress=progress)
+        _write_history(model.info.pop("history"), Path(plots_dir) / "history.csv")
+        model.save(out_dir)
+        best = model.info.get("best_valid_weighted_f1") or max(
+            i["best_valid_weighted_f1"] for i in model.info.values() if isinstance(i, dict))
+        tracking.log_metrics({"best_valid_weighted_f1": best})
         tracking.log_artifacts(out_dir, "model")
         tracking.log_artifact(Path(plots_dir) / "history.csv")
-    return {"objective": objective.name, "best_epoch": result.best_epoch,
-            "best_valid_weighted_f1": result.best_valid_weighted_f1, "epochs_run": len(result.history)}
+    part = model.info.get("head") or {}
+    return {"objective": objective.name, "best_valid_weighted_f1": best, "best_epoch": part.get("best_epoch", "-"),
+            "epochs_run": len(pd.read_csv(Path(plots_dir) / "history.csv"))}
 
 
 def evaluate_stage(params: Params, model_dir: str | Path, tables_dir: str | Path, features_dir: str | Path,
                    split: str, metrics_path: str | Path, plots_dir: str | Path) -> tuple[dict, str]:
-    """Score a checkpoint on ``split``; write the metrics JSON and plots; log one MLflow run."""
-    config_path = Path(model_dir) / "config.json"
-    if not config_path.exists():
-        raise FileNotFoundError(f"{config_path} not found; run the train stage for this model first")
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    name = (config.get("objective") or {}).get("name") or Path(model_dir).name
-    if config.get("kind") == "finetune":
-        probs, labels, index = _predict_finetuned(params, model_dir, tables_dir, split, config)
-    else:
-        probs, labels, index = _predict_features(params, model_dir, tables_dir, features_dir, split)
+    """Score a model folder on ``split``; write the metrics JSON and plots; log one MLflow run."""
+    set_cpu_threads(params.train.threads)
+    model = ErcModel.load(model_dir, select_device(params.train.device))
+    name = (model.meta.get("objective") or {}).get("name") or Path(model_dir).name
+    labels = model.labels
+    (table,) = _load_tables(tables_dir, [split], labels)
+    features = _features_or_none(model, features_dir, tables_dir, split)
+    probs = model.predict_proba(table, features, batch_size=params.train.eval_batch_size)
     predicted = [labels[i] for i in probs.argmax(1)]
-    actual = index["label"].astype(str).tolist()
+    actual = table["label"].astype(str).tolist()
     metrics = {"objective": name, "split": split, **compute_metrics(actual, predicted, labels)}
     report = report_text(actual, predicted, labels)
     counts = confusion(actual, predicted, labels)
@@ -112,15 +150,15 @@ def evaluate_stage(params: Params, model_dir: str | Path, tables_dir: str | Path
     plots_dir.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     pd.DataFrame({"actual": actual, "predicted": predicted}).to_csv(plots_dir / "confusion.csv", index=False)
-    predictions = pd.DataFrame({"clip_id": index["clip_id"], "label": actual, "predicted": predicted})
+    predictions = pd.DataFrame({"clip_id": table["clip_id"].astype(str), "label": actual, "predicted": predicted})
     for i, label in enumerate(labels):
-        predictions[f"p_{label}"] = np.round(probs[:, i], 6)
-    predictions.to_csv(plots_dir / "predictions.csv", index=False)
+        predictions[f"p_{label}"] = probs[:, i]
+    predictions.to_csv(plots_dir / "predictions.csv", index=False, float_format="%.6f")
     from hlm12erc.plots import plot_confusion
 
     plot_confusion(counts, labels, plots_dir / "confusion.png", f"{name} on {split}")
 
-    with tracking.start_run("evaluate", name, {"objective": config.get("objective") or {}, "split": split,
+    with tracking.start_run("evaluate", name, {"objective": model.meta.get("objective") or {}, "split": split,
                                                 "model_dir": str(model_dir)}):
         tracking.log_metrics({f"{split}_{k}": metrics[k] for k in ("accuracy", "weighted_f1", "macro_f1")})
         tracking.log_metrics({f"{split}_f1_{label}": v["f1"] for label, v in metrics["per_class"].items()})
@@ -131,77 +169,19 @@ def evaluate_stage(params: Params, model_dir: str | Path, tables_dir: str | Path
     return metrics, report
 
 
-def _predict_features(params: Params, model_dir: str | Path, tables_dir: str | Path, features_dir: str | Path,
-                      split: str) -> tuple[np.ndarray, list[str], pd.DataFrame]:
-    """Probabilities of a fusion model on the cached features of ``split``."""
-    set_cpu_threads(params.train.threads)
-    device = select_device(params.train.device)
-    model, _config = load_model(model_dir, device)
-    features = load_split(features_dir, tables_dir, split)
-    probs = predict_proba(model, features, params.train.eval_batch_size, device, f"{features_dir}/{split}")
-    return probs, model.config.labels, features.index
-
-
-def _predict_finetuned(params: Params, model_dir: str | Path, tables_dir: str | Path, split: str,
-                       config: dict) -> tuple[np.ndarray, list[str], pd.DataFrame]:
-    """Probabilities of a fine-tuned text model on the table of ``split`` (context as in training)."""
-    from hlm12erc.data.meld import load_table
-    from hlm12erc.training.finetune import load_finetuned, predict_proba
-
-    labels = list(config["labels"])
-    table = load_table(Path(tables_dir) / f"{split}.csv", labels)
-    loaded = load_finetuned(model_dir, params.train.device)
-    return predict_proba(loaded, table, batch_size=params.train.eval_batch_size), labels, table
-
-
-def _train_finetune_stage(params: Params, objective, tables_dir: str | Path, out_dir: str | Path,
-                          plots_dir: str | Path) -> dict:
-    """kind=finetune: fine-tune MiniLM on the text tables (features are not used).
-
-    Under torchrun every rank trains; only rank 0 opens the MLflow run and writes the outputs.
-    """
-    from hlm12erc.data.meld import load_table
-    from hlm12erc.training.distributed import is_main_process
-    from hlm12erc.training.finetune import FinetuneConfig, train_finetune
-
-    cfg = FinetuneConfig.from_dict({"seed": params.train.seed, "device": params.train.device,
-                                    **objective.finetune})
-    train = load_table(Path(tables_dir) / f"{objective.train_table}.csv", params.labels)
-    valid = load_table(Path(tables_dir) / "valid.csv", params.labels)
-    out_dir, plots_dir = Path(out_dir), Path(plots_dir)
-    main = is_main_process()
-    logged = {"objective": asdict(objective), "finetune": asdict(cfg), "labels": params.labels,
-              "nproc": params.train.nproc}
-    with tracking.start_run("train", objective.name, logged) if main else contextlib.nullcontext():
-        summary = train_finetune(cfg, train, valid, list(params.labels), out_dir,
-                                 on_epoch=lambda row: tracking.log_metrics(
-                                     {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"])))
-        if main:
-            config_path = out_dir / "config.json"
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-            config["objective"] = asdict(objective)
-            config_path.write_text(json.dumps(config, indent=2, default=str) + "\n", encoding="utf-8")
-            plots_dir.mkdir(parents=True, exist_ok=True)
-            pd.read_csv(out_dir / "history.csv").to_csv(plots_dir / "history.csv", index=False)
-            tracking.log_metrics({"best_valid_weighted_f1": summary["best_valid_weighted_f1"],
-                                  "best_epoch": summary["best_epoch"], "epochs_run": summary["epochs_run"],
-                                  "train_seconds": summary["train_seconds"], "nproc": summary["nproc"]})
-            tracking.log_artifacts(out_dir, "model")
-    return {"objective": objective.name, "best_epoch": summary["best_epoch"],
-            "best_valid_weighted_f1": summary["best_valid_weighted_f1"], "epochs_run": summary["epochs_run"],
-            "main": main}
-
-
-def _describe(objective) -> tuple[str, str, str]:
+def _describe(objective, params: Params) -> tuple[str, str, str]:
     """(modalities, fusion, loss) of an objective, as the report table shows them."""
-    if objective.kind == "finetune":
-        from hlm12erc.training.finetune import FinetuneConfig
-
-        return "text", "fine-tuned MiniLM", FinetuneConfig.from_dict(dict(objective.finetune)).loss
+    text = "fine-tuned text" if objective.text == "finetuned" else "text"
+    modalities = "+".join(text if m == "text" else m for m in objective.modalities)
+    if objective.fusion == "none":
+        return modalities, f"{params.text_encoder.folds} encoder(s)", params.text_encoder.loss
     loss = objective.loss
     if objective.aux_loss != "none":
         loss = f"{loss} + {objective.aux_weight:g} {objective.aux_loss}"
-    return "+".join(objective.modalities), "linear" if objective.hidden == 0 else objective.fusion, loss
+    fusion = "linear" if objective.hidden == 0 else objective.fusion
+    if objective.dialogue != "none":
+        fusion += f" + {objective.dialogue} dialogue"
+    return modalities, fusion, loss
 
 
 REPORT_COLUMNS = ("objective", "modalities", "fusion", "loss", "accuracy", "weighted_f1", "macro_f1")
@@ -217,7 +197,7 @@ def report_stage(params: Params, metrics_dir: str | Path, objectives: Sequence[s
             raise ConfigError(f"{path} not found: evaluate objective '{name}' first (`dvc repro evaluate@{name}`)")
         metrics = json.loads(path.read_text(encoding="utf-8"))
         objective = params.objectives.get(name)
-        modalities, fusion, loss = _describe(objective) if objective else ("?", "?", "?")
+        modalities, fusion, loss = _describe(objective, params) if objective else ("?", "?", "?")
         rows.append({"objective": name, "modalities": modalities, "fusion": fusion, "loss": loss,
                      **{k: round(float(metrics[k]), 4) for k in ("accuracy", "weighted_f1", "macro_f1")}})
     table = pd.DataFrame(rows, columns=list(REPORT_COLUMNS))

@@ -1,35 +1,47 @@
-"""The training loop over cached features: seeded, AdamW, early stopping on valid weighted-F1.
+"""The one training loop, for every objective, and the prediction path that matches it.
 
-Features are small (a few thousand floats per row), so a whole split lives in memory as
-tensors and batches are index slices; no DataLoader workers are needed. Every evaluation
-runs under ``model.eval()`` and ``torch.no_grad()``; the best-valid-F1 weights are restored
-at the end. Checkpoints are a ``state_dict`` (``model.pt``) plus ``config.json``; loading uses
-``torch.load(..., weights_only=True)``.
+:func:`train_loop` trains any network through a :class:`Task` (what a batch is and how it is
+scored): AdamW with an optional separate learning rate for the fresh classifier, optional
+linear warm-up + decay, gradient accumulation and clipping, AMP on CUDA, DistributedDataParallel
+under torchrun, early stopping on valid weighted-F1 with the best weights restored. Every
+evaluation runs under ``eval()`` + ``no_grad``.
+
+Two tasks use it: :class:`EncoderTask` (a text encoder on tokenised dialogue-context pairs,
+length-bucketed batches) and :class:`HeadTask` (a fusion head on per-utterance vectors, batches
+of utterances or of whole dialogues). :func:`fit` composes them into an
+:class:`~hlm12erc.models.erc.ErcModel`; :func:`predict_proba` scores any table with it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import json
+import math
 import os
 import random
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Callable, Sequence
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 from tqdm import tqdm
 
-from hlm12erc.config import ConfigError, ObjectiveConfig, TrainParams, params_from_dict, resolve_jobs
+from hlm12erc.config import ConfigError, ObjectiveConfig, Params, TextEncoderParams, resolve_jobs
+from hlm12erc.data import context
 from hlm12erc.data.meld import check_labels
-from hlm12erc.features.store import MODALITIES, FeatureSet
-from hlm12erc.models.erc import ERCConfig, ERCModel
-from hlm12erc.models.losses import build_criterion
-from hlm12erc.training.metrics import compute_metrics
+from hlm12erc.models.erc import (EncoderConfig, ErcModel, FusionHead, HeadConfig, ModelConfig, TextEncoder,
+                                 DialogueInputs, build_text_encoder, collate_pairs, default_model_path,
+                                 load_tokenizer)
+from hlm12erc.models.losses import Criterion, LossConfig
+from hlm12erc.training import distributed
+from hlm12erc.training.metrics import scores_from_logits
 
-HISTORY_COLUMNS = ("epoch", "train_loss", "valid_loss", "valid_accuracy", "valid_weighted_f1")
+HISTORY_COLUMNS = ("part", "epoch", "train_loss", "valid_loss", "valid_accuracy", "valid_weighted_f1",
+                   "valid_macro_f1")
+MODALITIES = ("text", "audio", "visual")  # the feature store's mask columns
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -42,8 +54,7 @@ def select_device(name: str = "auto") -> torch.device:
 
 
 def set_cpu_threads(threads: int) -> None:
-    """Intra-op threads for CPU work. The fusion models are tiny: with one thread `multimodal`
-    trains on the demo in 9 s, with two (the other core busy) in 85 s, lost to thread syncing."""
+    """Intra-op threads for CPU work (0 = all cores). The fusion heads are tiny: one thread avoids sync cost."""
     torch.set_num_threads(resolve_jobs(threads))
 
 
@@ -56,160 +67,579 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-@dataclass
-class Batch:
-    features: dict[str, torch.Tensor]  # modality -> (B, d)
-    mask: torch.Tensor  # (B, M) bool, objective modality order
-    targets: torch.Tensor  # (B,) class ids
-
-    def to(self, device: torch.device) -> "Batch":
-        return Batch({m: x.to(device) for m, x in self.features.items()}, self.mask.to(device), self.targets.to(device))
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def select(self, rows: torch.Tensor) -> "Batch":
-        return Batch({m: x[rows] for m, x in self.features.items()}, self.mask[rows], self.targets[rows])
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
 
 
-def label_ids(labels_of_rows: Sequence[str], labels: Sequence[str], index: pd.DataFrame | None = None,
-              source: str = "features") -> np.ndarray:
+def label_ids(table: pd.DataFrame, labels: Sequence[str], source: str = "table") -> np.ndarray:
     """Class ids of the rows; a label outside ``labels`` is a DataError naming the row."""
-    frame = index if index is not None else pd.DataFrame({"label": list(labels_of_rows)})
-    check_labels(frame, labels, source)
+    check_labels(table, labels, source)
     lookup = {label: i for i, label in enumerate(labels)}
-    return np.array([lookup[label] for label in labels_of_rows], dtype=np.int64)
+    return np.array([lookup[label] for label in table["label"].astype(str)], dtype=np.int64)
 
 
-def collate(items: Sequence[dict], modalities: Sequence[str], labels: Sequence[str]) -> Batch:
-    """Feature items (``FeatureSet[i]``) -> one Batch; mask columns follow ``modalities``."""
-    columns = [MODALITIES.index(m) for m in modalities]
-    features = {m: torch.as_tensor(np.stack([item[m] for item in items]), dtype=torch.float32) for m in modalities}
-    mask = torch.as_tensor(np.stack([np.asarray(item["mask"])[columns] for item in items]), dtype=torch.bool)
-    targets = torch.as_tensor(label_ids([item["label"] for item in items], labels))
-    return Batch(features, mask, targets)
+# ----------------------------------------------------------------------------- the loop
+@dataclass
+class LoopSettings:
+    epochs: int
+    batch_size: int
+    lr: float
+    patience: int
+    seed: int
+    head_lr: float | None = None  # parameters of the fresh classifier (``Task.is_head``); None = lr
+    weight_decay: float = 0.01  # AdamW; never on biases and LayerNorm weights
+    schedule: str = "constant"  # constant | linear (warm-up then linear decay to 0 at the last epoch)
+    warmup_ratio: float = 0.0
+    min_steps: int = 0  # at least this many optimiser steps: epochs are raised to reach them
+    grad_accum: int = 1
+    max_grad_norm: float = 0.0  # 0 = no clipping
+    max_minutes: float | None = None  # no new epoch that would end past this budget
 
 
-def as_batch(features: FeatureSet, modalities: Sequence[str], labels: Sequence[str], source: str = "features") -> Batch:
-    """A whole FeatureSet as one Batch (tensors on CPU)."""
-    columns = [MODALITIES.index(m) for m in modalities]
-    return Batch({m: torch.as_tensor(features.arrays[m], dtype=torch.float32) for m in modalities},
-                 torch.as_tensor(features.mask[:, columns], dtype=torch.bool),
-                 torch.as_tensor(label_ids(features.labels, labels, features.index, source)))
+class Task:
+    """What the loop trains: ``module``, its train batches, the loss of a batch, valid scoring."""
+
+    module: nn.Module
+    y: np.ndarray  # train class ids
+
+    def batches(self, rng: np.random.Generator, batch_size: int) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def forward(self, net: nn.Module, rows: np.ndarray, device: torch.device):
+        """``(ERCOutput, targets)`` of train rows ``rows``."""
+        raise NotImplementedError
+
+    def valid_logits(self, dist: distributed.Dist) -> np.ndarray:
+        raise NotImplementedError
+
+    valid_y: np.ndarray
+
+    def is_head(self, name: str) -> bool:
+        """Parameters trained at ``head_lr`` (the rest at ``lr``)."""
+        return True
+
+
+@dataclass
+class LoopResult:
+    history: list[dict[str, Any]]
+    best_epoch: int
+    best_valid_weighted_f1: float
+    stopped_by_budget: bool
+    seconds: float
+
+
+def _optimizer(task: Task, settings: LoopSettings) -> torch.optim.Optimizer:
+    """AdamW; body/head learning rates; no weight decay on biases and LayerNorm weights."""
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, param in task.module.named_parameters():
+        if param.requires_grad:
+            no_decay = param.ndim < 2 or "LayerNorm" in name or ".norm" in name or name.startswith("norm")
+            groups.setdefault((task.is_head(name), no_decay), []).append(param)
+    head_lr = settings.head_lr if settings.head_lr is not None else settings.lr
+    return torch.optim.AdamW([{"params": params, "lr": head_lr if is_head else settings.lr,
+                               "weight_decay": 0.0 if no_decay else settings.weight_decay}
+                              for (is_head, no_decay), params in sorted(groups.items())])
+
+
+def _schedule(optimizer: torch.optim.Optimizer, settings: LoopSettings, total_steps: int):
+    if settings.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    warmup = int(round(total_steps * settings.warmup_ratio))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train_loop(task: Task, settings: LoopSettings, criterion: Criterion, labels: Sequence[str],
+               device: torch.device, dist: distributed.Dist | None = None, part: str = "model",
+               on_epoch: Callable[[dict], None] | None = None, progress: bool = True) -> LoopResult:
+    """Train ``task.module`` in place; it ends holding the best-valid-weighted-F1 weights, in eval mode.
+
+    Under torchrun every rank takes its share of the same seeded global batches (the effective
+    batch stays ``batch_size``); each rank's loss is scaled by its share of the batch's loss
+    denominator, so the all-reduced gradient is the one-process gradient of the whole batch.
+    """
+    dist = dist or distributed.Dist()
+    module = task.module.to(device)
+    net: nn.Module = module
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    rng = np.random.default_rng(settings.seed)
+    sampler = distributed.DistributedBatchSampler(lambda: task.batches(rng, settings.batch_size),
+                                                  dist.rank, dist.world_size)
+    steps_per_epoch = math.ceil(len(task.batches(np.random.default_rng(settings.seed), settings.batch_size))
+                                / settings.grad_accum)
+    epochs = max(settings.epochs, math.ceil(settings.min_steps / max(1, steps_per_epoch)))
+    optimizer = _optimizer(task, settings)
+    scheduler = _schedule(optimizer, settings, steps_per_epoch * epochs)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
+    history: list[dict[str, Any]] = []
+    best_f1, best_epoch, best_state, stale, stopped_by_budget = -1.0, 0, None, 0, False
+    started = time.perf_counter()
+    bar = tqdm(range(1, epochs + 1), desc=f"train {part}", disable=not progress or not dist.is_main, leave=False)
+    for epoch in bar:
+        net.train()
+        total, count = 0.0, 0.0  # sum of (batch loss x its denominator), and the denominators
+        batches = sampler.draw()
+        optimizer.zero_grad(set_to_none=True)
+        for step, (whole, idx) in enumerate(zip(batches, sampler), start=1):
+            empty = not idx  # a short last batch left nothing for this rank: join the all-reduce at weight 0
+            rows = np.asarray(idx if idx else whole[:1])
+            sync = step % settings.grad_accum == 0 or step == len(batches)
+            with (net.no_sync() if dist.enabled and not sync else contextlib.nullcontext()):
+                with _autocast(device):
+                    output, target = task.forward(net, rows, device)
+                loss = criterion(output.logits, output.embedding, target)
+                weight = 0.0 if empty else criterion.denominator(target)
+                share = 0.0 if empty else 1.0
+                if dist.enabled:  # DDP averages gradients: weight each rank by its share of the batch's loss
+                    share = dist.world_size * weight / criterion.denominator(torch.as_tensor(task.y[whole]))
+                scaler.scale(loss * share / settings.grad_accum).backward()
+            total += float(loss.item()) * weight
+            count += weight
+            if sync:
+                if settings.max_grad_norm > 0:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(module.parameters(), settings.max_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+        total, count = dist.all_reduce_sum([total, count], device)
+        scores = scores_from_logits(task.valid_logits(dist), task.valid_y, len(labels))
+        row = {"part": part, "epoch": epoch, "train_loss": total / max(1.0, count), "valid_loss": scores["loss"],
+               "valid_accuracy": scores["accuracy"], "valid_weighted_f1": scores["weighted_f1"],
+               "valid_macro_f1": scores["macro_f1"]}
+        history.append(row)
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", f1=f"{row['valid_weighted_f1']:.3f}")
+        if scores["weighted_f1"] > best_f1:  # the same gathered logits on every rank: the same decision
+            best_f1, best_epoch, stale = scores["weighted_f1"], epoch, 0
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+        else:
+            stale += 1
+        if on_epoch is not None and dist.is_main:
+            on_epoch(dict(row))
+        if stale >= settings.patience:
+            break
+        elapsed = time.perf_counter() - started
+        over_budget = settings.max_minutes is not None and epoch < epochs and \
+            elapsed * (epoch + 1) / epoch > settings.max_minutes * 60
+        if dist.broadcast(over_budget):  # rank 0's clock decides for all
+            stopped_by_budget = True
+            break
+    module.load_state_dict(best_state)
+    module.eval()
+    return LoopResult(history, best_epoch, best_f1, stopped_by_budget, time.perf_counter() - started)
+
+
+# ----------------------------------------------------------------------------- tasks
+def bucketed_batches(lengths: Sequence[int], batch_size: int, rng: np.random.Generator,
+                     bucket_size: int = 50) -> list[np.ndarray]:
+    """Seeded length buckets: shuffle, sort by length within chunks of ``bucket_size`` batches,
+    cut into batches, shuffle the batches. Similar lengths share a batch; order stays random."""
+    lengths = np.asarray(lengths)
+    order = rng.permutation(len(lengths))
+    chunk = max(batch_size, batch_size * bucket_size)
+    batches: list[np.ndarray] = []
+    for start in range(0, len(order), chunk):
+        part = order[start:start + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Inference batches in length order (least padding); callers scatter results back."""
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 @torch.no_grad()
-def predict_logits(model: ERCModel, data: Batch, batch_size: int, device: torch.device) -> torch.Tensor:
-    """Logits of every row, in order, with dropout off."""
-    model.eval()
-    outputs = []
-    for start in range(0, len(data), batch_size):
-        chunk = data.select(torch.arange(start, min(start + batch_size, len(data)))).to(device)
-        outputs.append(model(chunk.features, chunk.mask).logits.float().cpu())
-    return torch.cat(outputs) if outputs else torch.zeros(0, model.config.n_classes)
+def encode_pairs(encoder: TextEncoder, examples: list[dict[str, list[int]]], pad_id: int, batch_size: int,
+                 device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """``(logits, pooled)`` of every pair, in order, in eval mode, batched by length."""
+    was_training = encoder.training
+    encoder.eval()
+    logits = np.zeros((len(examples), encoder.head.out_features), dtype=np.float32)
+    pooled = np.zeros((len(examples), encoder.width), dtype=np.float32)
+    for idx in sorted_batches([len(e["input_ids"]) for e in examples], batch_size):
+        batch = {k: v.to(device) for k, v in collate_pairs([examples[i] for i in idx], pad_id).items()}
+        with _autocast(device):
+            output = encoder(**batch)
+        logits[idx], pooled[idx] = output.logits.float().cpu().numpy(), output.embedding.float().cpu().numpy()
+    encoder.train(was_training)
+    return logits, pooled
 
 
-def predict_proba(model: ERCModel, features: FeatureSet, batch_size: int, device: torch.device,
-                  source: str = "features") -> np.ndarray:
-    """Class probabilities of every row of ``features``, once their widths match what the model was trained on."""
-    for m in model.config.modalities:
-        if features.dims[m] != model.config.input_dims[m]:
-            raise ConfigError(f"{source}: {m} features are {features.dims[m]}-d but the model expects "
-                              f"{model.config.input_dims[m]}-d: the feature params or encoders differ from the "
-                              "ones it was trained with; retrain it (`dvc repro`)")
-    data = as_batch(features, model.config.modalities, model.config.labels, source)
-    return torch.softmax(predict_logits(model, data, batch_size, device), dim=-1).numpy()
+class EncoderTask(Task):
+    """A text encoder on dialogue-context pairs; the encoder body at ``lr``, its classifier at ``head_lr``."""
 
+    def __init__(self, encoder: TextEncoder, examples: list[dict[str, list[int]]], y: np.ndarray,
+                 valid_examples: list[dict[str, list[int]]], valid_y: np.ndarray, pad_id: int,
+                 eval_batch_size: int, device: torch.device):
+        self.module, self.examples, self.y = encoder, examples, y
+        self.valid_examples, self.valid_y = valid_examples, valid_y
+        self.pad_id, self.eval_batch_size, self.device = pad_id, eval_batch_size, device
+        self.lengths = [len(e["input_ids"]) for e in examples]
 
-def evaluate_batch(model: ERCModel, data: Batch, batch_size: int, device: torch.device) -> dict:
-    """Plain cross-entropy (comparable across objectives), accuracy and weighted F1 on one split."""
-    logits = predict_logits(model, data, batch_size, device)
-    labels = model.config.labels
-    predicted = [labels[i] for i in logits.argmax(1).tolist()]
-    actual = [labels[i] for i in data.targets.tolist()]
-    metrics = compute_metrics(actual, predicted, labels)
-    loss = torch.nn.functional.cross_entropy(logits, data.targets).item()
-    return {"loss": loss, "accuracy": metrics["accuracy"], "weighted_f1": metrics["weighted_f1"]}
+    def is_head(self, name: str) -> bool:
+        return name.startswith("head.")
+
+    def batches(self, rng: np.random.Generator, batch_size: int) -> list[np.ndarray]:
+        return bucketed_batches(self.lengths, batch_size, rng)
+
+    def forward(self, net: nn.Module, rows: np.ndarray, device: torch.device):
+        batch = {k: v.to(device) for k, v in collate_pairs([self.examples[i] for i in rows], self.pad_id).items()}
+        return net(**batch), torch.as_tensor(self.y[rows], device=device)
+
+    def valid_logits(self, dist: distributed.Dist) -> np.ndarray:
+        """Each rank scores its shard of valid; the shards are gathered (all ranks get all logits)."""
+        rows = distributed.shard(len(self.valid_examples), dist)
+        part, _ = encode_pairs(self.module, [self.valid_examples[i] for i in rows], self.pad_id,
+                               self.eval_batch_size, self.device)
+        if not dist.enabled:
+            return part
+        out = np.zeros((len(self.valid_examples), part.shape[1]), dtype=np.float32)
+        for rank_rows, rank_logits in dist.all_gather((rows, part)):
+            out[rank_rows] = rank_logits
+        return out
 
 
 @dataclass
-class TrainResult:
-    model: ERCModel
-    history: pd.DataFrame  # HISTORY_COLUMNS, one row per epoch
-    best_epoch: int
-    best_valid_weighted_f1: float
+class HeadInputs:
+    """Per-utterance vectors of one table for a fusion head: ``arrays[m]`` (N, d), ``mask`` (N, M)
+    in the head's modality order, and the dialogue layout (dialogue id, turn, speaker role)."""
+
+    arrays: dict[str, np.ndarray]
+    mask: np.ndarray
+    dialogue: np.ndarray
+    turn: np.ndarray
+    speaker: np.ndarray
+
+    def with_text(self, text: np.ndarray) -> "HeadInputs":
+        return replace(self, arrays={**self.arrays, "text": text})
+
+    def batch(self, rows: np.ndarray, device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor,
+                                                                     DialogueInputs]:
+        features = {m: torch.as_tensor(x[rows], dtype=torch.float32, device=device) for m, x in self.arrays.items()}
+        local = pd.factorize(self.dialogue[rows])[0]
+        where = DialogueInputs(torch.as_tensor(local), torch.as_tensor(self.turn[rows]),
+                               torch.as_tensor(self.speaker[rows])).to(device)
+        return features, torch.as_tensor(self.mask[rows], device=device), where
+
+    def dialogue_batches(self, batch_size: int, order: Sequence[int] | None = None) -> list[np.ndarray]:
+        """Whole dialogues packed into batches of about ``batch_size`` utterances, turns in order."""
+        groups = pd.Series(np.arange(len(self.dialogue))).groupby(self.dialogue, sort=False)
+        dialogues = [g.to_numpy()[np.argsort(self.turn[g.to_numpy()], kind="stable")] for _, g in groups]
+        order = range(len(dialogues)) if order is None else order
+        batches, current = [], []
+        for i in order:
+            current.append(dialogues[i])
+            if sum(len(d) for d in current) >= batch_size:
+                batches.append(np.concatenate(current))
+                current = []
+        if current:
+            batches.append(np.concatenate(current))
+        return batches
 
 
-def train_model(objective: ObjectiveConfig, train_set: FeatureSet, valid_set: FeatureSet, labels: Sequence[str],
-                train: TrainParams, device: torch.device | None = None,
-                on_epoch: Callable[[dict], None] | None = None, progress: bool = True) -> TrainResult:
-    """Train one objective on cached features; returns the best-valid-F1 model and the history."""
-    seed_everything(train.seed)
-    set_cpu_threads(train.threads)
-    device = device or select_device(train.device)
-    labels = list(labels)
-    train_batch = as_batch(train_set, objective.modalities, labels, f"{objective.train_table} features")
-    valid_batch = as_batch(valid_set, objective.modalities, labels, "valid features")
-    if len(train_batch) == 0 or len(valid_batch) == 0:
-        raise ValueError(f"objective {objective.name}: empty train ({len(train_batch)}) or valid "
-                         f"({len(valid_batch)}) split; check data/tables")
-    model = ERCModel.from_objective(objective, train_set.dims, labels)
-    model.set_normalization({m: train_set.arrays[m] for m in objective.modalities},
-                            train_batch.mask.numpy())
-    model.to(device)
-    criterion = build_criterion(objective, train_batch.targets.numpy(), len(labels))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=objective.lr or train.lr, weight_decay=train.weight_decay)
-    generator = torch.Generator().manual_seed(train.seed)
-    epochs = objective.epochs or train.epochs
-    best_f1, best_epoch, best_state, rows = -1.0, 0, None, []
-    bar = tqdm(range(1, epochs + 1), desc=f"train {objective.name}", disable=not progress, leave=False)
-    for epoch in bar:
-        model.train()
-        order, total = torch.randperm(len(train_batch), generator=generator), 0.0
-        for start in range(0, len(order), train.batch_size):
-            chunk = train_batch.select(order[start:start + train.batch_size]).to(device)
-            output = model(chunk.features, chunk.mask)
-            loss = criterion(output.logits, output.embedding, chunk.targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(chunk)
-        valid = evaluate_batch(model, valid_batch, train.eval_batch_size, device)
-        row = {"epoch": epoch, "train_loss": total / len(train_batch), "valid_loss": valid["loss"],
-               "valid_accuracy": valid["accuracy"], "valid_weighted_f1": valid["weighted_f1"]}
-        rows.append(row)
-        if on_epoch:
-            on_epoch(row)
-        bar.set_postfix(loss=f"{row['train_loss']:.3f}", f1=f"{row['valid_weighted_f1']:.3f}")
-        if valid["weighted_f1"] > best_f1:
-            best_f1, best_epoch, best_state = valid["weighted_f1"], epoch, copy.deepcopy(model.state_dict())
-        elif epoch - best_epoch >= train.patience:
+def head_inputs(table: pd.DataFrame, arrays: dict[str, np.ndarray], mask: np.ndarray,
+                config: HeadConfig) -> HeadInputs:
+    positions = context.dialogue_positions(table)
+    turn = np.array([place for _rows, place in positions], dtype=np.int64)
+    return HeadInputs({m: arrays[m] for m in config.modalities if m in arrays}, mask, context.dialogue_ids(table), turn,
+                      context.speaker_slots(table, config.max_speakers))
+
+
+@torch.no_grad()
+def head_logits(head: FusionHead, inputs: HeadInputs, batch_size: int, device: torch.device) -> np.ndarray:
+    """Logits of every row, in order, in eval mode; whole dialogues per batch when the head reads context."""
+    head.eval()
+    out = np.zeros((len(inputs.mask), head.head[-1].out_features if head.config.hidden else
+                    head.linear.out_features), dtype=np.float32)
+    if head.config.dialogue != "none":
+        batches = inputs.dialogue_batches(batch_size)
+    else:
+        batches = [np.arange(i, min(i + batch_size, len(out))) for i in range(0, len(out), batch_size)]
+    for rows in batches:
+        features, mask, where = inputs.batch(rows, device)
+        out[rows] = head(features, mask, where).logits.float().cpu().numpy()
+    return out
+
+
+class HeadTask(Task):
+    """A fusion head on per-utterance vectors: random utterance batches, or whole dialogues when it
+    reads dialogue context. Valid is scored by ``valid_scorer`` (it may average several views)."""
+
+    def __init__(self, head: FusionHead, inputs: HeadInputs, y: np.ndarray,
+                 valid_scorer: Callable[[], np.ndarray], valid_y: np.ndarray):
+        self.module, self.inputs, self.y = head, inputs, y
+        self.valid_scorer, self.valid_y = valid_scorer, valid_y
+
+    def batches(self, rng: np.random.Generator, batch_size: int) -> list[np.ndarray]:
+        if self.module.config.dialogue != "none":
+            n = len(set(self.inputs.dialogue.tolist()))
+            return self.inputs.dialogue_batches(batch_size, rng.permutation(n))
+        order = rng.permutation(len(self.y))
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+    def forward(self, net: nn.Module, rows: np.ndarray, device: torch.device):
+        features, mask, where = self.inputs.batch(rows, device)
+        return net(features, mask, where), torch.as_tensor(self.y[rows], device=device)
+
+    def valid_logits(self, dist: distributed.Dist) -> np.ndarray:
+        return self.valid_scorer()
+
+
+# ----------------------------------------------------------------------------- the model
+def new_model(objective: ObjectiveConfig, params: Params, feature_dims: dict[str, int] | None = None) -> ErcModel:
+    """An untrained :class:`ErcModel` for ``objective`` (encoders and head built by :func:`fit`)."""
+    enc = params.text_encoder
+    needs_encoders = objective.text == "finetuned"
+    encoder = EncoderConfig(enc.model_path, enc.max_tokens, enc.past_turns, enc.future_turns, enc.pooling,
+                            enc.dropout) if needs_encoders else None
+    head = None
+    if objective.fusion != "none":
+        dims = dict(feature_dims or {})
+        if needs_encoders:
+            dims["text"] = _encoder_width(enc.model_path)
+        missing = [m for m in objective.modalities if m not in dims]
+        if missing:
+            raise ConfigError(f"objective {objective.name}: no feature widths for {missing}; run `dvc repro featurize`")
+        head = HeadConfig(modalities=list(objective.modalities), input_dims={m: int(dims[m]) for m in
+                                                                             objective.modalities},
+                          hidden=objective.hidden, fusion=objective.fusion, heads=objective.heads,
+                          dropout=objective.dropout, dialogue=objective.dialogue,
+                          dialogue_layers=objective.dialogue_layers)
+    config = ModelConfig(labels=list(params.labels), encoder=encoder, folds=enc.folds if needs_encoders else 1,
+                         text=objective.text, head=head)
+    from dataclasses import asdict
+
+    return ErcModel(config, meta={"objective": asdict(objective), "features": asdict(params.features)})
+
+
+def _encoder_width(model_path: str) -> int:
+    from transformers import AutoConfig
+
+    return int(AutoConfig.from_pretrained(model_path or default_model_path()).hidden_size)
+
+
+def encoder_settings(enc: TextEncoderParams, seed: int) -> LoopSettings:
+    return LoopSettings(epochs=enc.epochs, batch_size=enc.batch_size, lr=enc.lr, head_lr=enc.head_lr,
+                        patience=enc.patience, seed=seed, weight_decay=enc.weight_decay, schedule="linear",
+                        warmup_ratio=enc.warmup_ratio, min_steps=enc.min_steps, grad_accum=enc.grad_accum,
+                        max_grad_norm=enc.max_grad_norm, max_minutes=enc.max_minutes)
+
+
+def head_settings(objective: ObjectiveConfig, params: Params) -> LoopSettings:
+    train = params.train
+    return LoopSettings(epochs=objective.epochs or train.epochs, batch_size=train.batch_size,
+                        lr=objective.lr or train.lr, patience=train.patience, seed=train.seed,
+                        weight_decay=train.weight_decay)
+
+
+def _subset(table: pd.DataFrame, max_rows: int | None, seed: int) -> pd.DataFrame:
+    """A seeded subset of whole dialogues with about ``max_rows`` rows (context stays intact)."""
+    if max_rows is None or len(table) <= max_rows:
+        return table
+    ids = context.dialogue_ids(table)
+    keep: set[str] = set()
+    count = 0
+    unique = sorted(set(ids))
+    for i in np.random.default_rng(seed).permutation(len(unique)):
+        if count >= max_rows:
             break
-    model.load_state_dict(best_state)
-    model.eval()
-    return TrainResult(model, pd.DataFrame(rows, columns=list(HISTORY_COLUMNS)), best_epoch, best_f1)
+        keep.add(unique[i])
+        count += int((ids == unique[i]).sum())
+    return table[np.isin(ids, list(keep))]
 
 
-def save_model(model: ERCModel, out_dir: str | Path, objective: ObjectiveConfig | None = None,
-               extra: dict | None = None) -> Path:
-    """``model.pt`` (state_dict) + ``config.json`` (model config, objective, extras)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out_dir / "model.pt")
-    config = {"model": model.config.to_dict(), "objective": asdict(objective) if objective else None, **(extra or {})}
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    return out_dir
+def fit_encoders(model: ErcModel, train: pd.DataFrame, valid: pd.DataFrame, params: Params,
+                 device: torch.device, on_epoch: Callable[[dict], None] | None = None,
+                 progress: bool = True) -> list[dict[str, Any]]:
+    """Train ``model.config.folds`` text encoders (cross-fitting), each selected on valid; their histories."""
+    enc, labels = params.text_encoder, model.labels
+    cfg = model.config.encoder
+    tokenizer = load_tokenizer(cfg.model_path or default_model_path())
+    train = _subset(train, enc.max_train_rows, params.train.seed)
+    ids = context.dialogue_ids(train)
+    folds = context.fold_of_dialogues(ids, model.config.folds, params.train.seed)
+    fold = np.array([folds[i] for i in ids])
+    valid_examples = context.text_pairs(valid, tokenizer, cfg.max_tokens, cfg.past_turns, cfg.future_turns)
+    valid_y = label_ids(valid, labels, "valid")
+    histories: list[dict[str, Any]] = []
+    encoders, seen = [], []
+    with distributed.process_group(device) as dist:
+        device = distributed.device_for(dist, device)
+        for k in range(model.config.folds):
+            part = train[fold != k] if model.config.folds > 1 else train
+            seed_everything(params.train.seed + k)  # same on every rank: same classifier init, same batches
+            encoder = build_text_encoder(cfg, len(labels))
+            examples = context.text_pairs(part, tokenizer, cfg.max_tokens, cfg.past_turns, cfg.future_turns)
+            task = EncoderTask(encoder, examples, label_ids(part, labels, "train"), valid_examples, valid_y,
+                               tokenizer.pad_token_id, enc.eval_batch_size, device)
+            settings = replace(encoder_settings(enc, params.train.seed + k))
+            criterion = Criterion(LossConfig.of(enc), task.y, len(labels))
+            result = train_loop(task, settings, criterion, labels, device, dist, f"encoder{k}", on_epoch, progress)
+            histories += result.history
+            encoders.append(encoder.cpu())
+            seen.append(sorted(set(context.dialogue_ids(part))))
+            model.info[f"encoder{k}"] = {"best_epoch": result.best_epoch, "n_train": len(part),
+                                         "best_valid_weighted_f1": result.best_valid_weighted_f1,
+                                         "stopped_by_budget": result.stopped_by_budget}
+        dist.barrier()
+    model.encoders, model.tokenizer, model.encoder_dialogues = encoders, tokenizer, seen
+    return histories
 
 
-def load_model(model_dir: str | Path, device: torch.device | str = "cpu") -> tuple[ERCModel, dict]:
-    """The model saved by :func:`save_model` (eval mode) and its config.json."""
-    model_dir = Path(model_dir)
-    for name in ("model.pt", "config.json"):
-        if not (model_dir / name).exists():
-            raise FileNotFoundError(f"{model_dir}/{name} not found; run the train stage for this model first")
-    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    model = ERCModel(ERCConfig(**config["model"]))
-    model.load_state_dict(torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True))
-    if config.get("features"):  # the encoders' settings, for featurizing new rows the same way
-        model.feature_params = params_from_dict({"features": config["features"]}).features
-    return model.to(device).eval(), config
+def text_views(model: ErcModel, table: pd.DataFrame, batch_size: int,
+               device: torch.device) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """Each encoder's ``(logits, pooled)`` on ``table`` and ``allowed`` (K, N): encoder k never trained on
+    that row's dialogue (rows every encoder saw may use all of them)."""
+    cfg = model.config.encoder
+    examples = context.text_pairs(table, model.tokenizer, cfg.max_tokens, cfg.past_turns, cfg.future_turns)
+    logits, pooled = [], []
+    for encoder in model.encoders:
+        encoder.to(device)
+        lg, pl = encode_pairs(encoder, examples, model.tokenizer.pad_token_id, batch_size, device)
+        logits.append(lg)
+        pooled.append(pl)
+    ids = context.dialogue_ids(table)
+    allowed = np.stack([~np.isin(ids, seen) for seen in model.encoder_dialogues]) if model.encoder_dialogues \
+        else np.ones((len(model.encoders), len(table)), dtype=bool)
+    allowed[:, ~allowed.any(0)] = True
+    return logits, pooled, allowed
+
+
+def _average(probabilities: list[np.ndarray], allowed: np.ndarray) -> np.ndarray:
+    weights = allowed.astype(np.float64)[:, :, None]
+    return (np.stack(probabilities) * weights).sum(0) / weights.sum(0)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    return torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
+
+
+def _feature_arrays(model: ErcModel, table: pd.DataFrame, features: Any) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Cached feature arrays (in the head's modalities) and the head's mask columns."""
+    head = model.config.head
+    n = len(table)
+    arrays: dict[str, np.ndarray] = {}
+    mask = np.ones((n, len(head.modalities)), dtype=bool)
+    for i, m in enumerate(head.modalities):
+        if m == "text" and model.config.text == "finetuned":
+            mask[:, i] = np.array([bool(str(t).strip()) for t in table["x_text"]], dtype=bool)
+            continue
+        if features is None:
+            raise ConfigError(f"this model reads cached {m} features; featurize the table first")
+        if features.arrays[m].shape[1] != head.input_dims[m]:
+            raise ConfigError(f"{m} features are {features.arrays[m].shape[1]}-d but the model expects "
+                              f"{head.input_dims[m]}-d: the feature params or encoders differ from the ones it "
+                              "was trained with; retrain it (`dvc repro`)")
+        arrays[m] = features.arrays[m]
+        mask[:, i] = features.mask[:, MODALITIES.index(m)]
+    return arrays, mask
+
+
+def predict_proba(model: ErcModel, table: pd.DataFrame, features: Any = None, batch_size: int = 64,
+                  device: torch.device | str | None = None) -> np.ndarray:
+    """Class probabilities of every row of ``table`` (and its cached ``features`` when the model reads any)."""
+    device = torch.device(device) if device is not None else next(_modules(model)[0].parameters()).device
+    n_labels = len(model.labels)
+    if len(table) == 0:
+        return np.zeros((0, n_labels), dtype=np.float32)
+    views = text_views(model, table, batch_size, device) if model.encoders else None
+    if model.head is None:
+        logits, _pooled, allowed = views
+        return _average([_softmax(lg) for lg in logits], allowed).astype(np.float32)
+    model.head.to(device)
+    arrays, mask = _feature_arrays(model, table, features)
+    base = head_inputs(table, arrays, mask, model.config.head)
+    if views is None or model.config.text != "finetuned":
+        return _softmax(head_logits(model.head, base, batch_size, device)).astype(np.float32)
+    _logits, pooled, allowed = views
+    probs = [_softmax(head_logits(model.head, base.with_text(p), batch_size, device)) for p in pooled]
+    return _average(probs, allowed).astype(np.float32)
+
+
+def _modules(model: ErcModel) -> list[nn.Module]:
+    return model.encoders + ([model.head] if model.head is not None else [])
+
+
+def fit(model: ErcModel, train: pd.DataFrame, valid: pd.DataFrame, train_features: Any, valid_features: Any,
+        params: Params, encoders_from: ErcModel | None = None, device: torch.device | None = None,
+        on_epoch: Callable[[dict], None] | None = None, progress: bool = True) -> ErcModel:
+    """Train ``model`` (from :func:`new_model`) on ``train``, selecting on ``valid``; returns it, in eval mode.
+
+    Encoders (``text: finetuned``) are copied from ``encoders_from`` when given (the pipeline's
+    ``text_encoder`` stage), else trained here. The head is then trained on cached features and,
+    with fine-tuned text, on each train row's out-of-fold encoder vector.
+    """
+    device = device or select_device(params.train.device)
+    labels = model.labels
+    for name, table in (("train", train), ("valid", valid)):
+        if len(table) == 0:
+            raise ValueError(f"{name} split is empty; check data/tables")
+    histories: list[dict[str, Any]] = []
+    if model.config.encoder is not None:
+        if encoders_from is not None:
+            if encoders_from.config.encoder != model.config.encoder or encoders_from.config.folds != model.config.folds:
+                raise ConfigError("the trained text encoders were built with other text_encoder params than this "
+                                  "objective expects; rerun `dvc repro text_encoder`")
+            model.encoders = [copy.deepcopy(e) for e in encoders_from.encoders]
+            model.tokenizer, model.encoder_dialogues = encoders_from.tokenizer, encoders_from.encoder_dialogues
+            model.info.update({k: v for k, v in encoders_from.info.items() if k.startswith("encoder")})
+        else:
+            histories += fit_encoders(model, train, valid, params, device, on_epoch, progress)
+    if model.config.head is not None:
+        set_cpu_threads(params.train.threads)
+        seed_everything(params.train.seed)
+        histories += _fit_head(model, train, valid, train_features, valid_features, params, device, on_epoch,
+                               progress)
+    model.info["history"] = histories
+    return model.eval()
+
+
+def _fit_head(model: ErcModel, train: pd.DataFrame, valid: pd.DataFrame, train_features: Any, valid_features: Any,
+              params: Params, device: torch.device, on_epoch: Callable[[dict], None] | None,
+              progress: bool) -> list[dict[str, Any]]:
+    objective = ObjectiveConfig(**model.meta["objective"])
+    config, labels = model.config.head, model.labels
+    train_arrays, train_mask = _feature_arrays(model, train, train_features)
+    valid_arrays, valid_mask = _feature_arrays(model, valid, valid_features)
+    eval_batch = params.train.eval_batch_size
+    valid_views = None
+    if model.config.text == "finetuned":
+        _lg, pooled, allowed = text_views(model, train, eval_batch, device)
+        view = allowed.argmax(0)  # the first encoder that never saw the row's dialogue
+        train_arrays["text"] = np.stack(pooled)[view, np.arange(len(train))]
+        _lg, valid_views, valid_allowed = text_views(model, valid, eval_batch, device)
+    train_inputs = head_inputs(train, train_arrays, train_mask, config)
+    valid_base = head_inputs(valid, {**valid_arrays, **({"text": valid_views[0]} if valid_views else {})},
+                             valid_mask, config)
+    head = FusionHead(config, labels)
+    head.set_normalization(train_inputs.arrays, train_mask)
+    model.head = head
+
+    def valid_scorer() -> np.ndarray:
+        if valid_views is None:
+            return head_logits(head, valid_base, eval_batch, device)
+        probs = [_softmax(head_logits(head, valid_base.with_text(v), eval_batch, device)) for v in valid_views]
+        return np.log(np.clip(_average(probs, valid_allowed), 1e-12, None)).astype(np.float32)
+
+    y = label_ids(train, labels, f"{objective.train_table} table")
+    task = HeadTask(head, train_inputs, y, valid_scorer, label_ids(valid, labels, "valid table"))
+    result = train_loop(task, head_settings(objective, params), Criterion(LossConfig.of(objective), y, len(labels)),
+                        labels, device, None, "head", on_epoch, progress)
+    model.info["head"] = {"best_epoch": result.best_epoch, "best_valid_weighted_f1": result.best_valid_weighted_f1}
+    model.info["best_valid_weighted_f1"] = result.best_valid_weighted_f1
+    return result.history
