@@ -9,7 +9,8 @@ from hlm12erc.config import AudioFeatureParams, VisualFeatureParams
 from hlm12erc.data.meld import load_table
 from hlm12erc.features.audio import LogMelEncoder, audio_features, build_audio_encoder, read_wav
 from hlm12erc.features.store import FeatureSet
-from hlm12erc.features.text import EMBEDDING_DIM, context_strings
+from hlm12erc.data.context import previous_turns
+from hlm12erc.features.text import EMBEDDING_DIM
 from hlm12erc.features.visual import build_frame_encoder, visual_features
 
 
@@ -47,12 +48,12 @@ def test_text_features_embed_utterance_and_context(erc_features_dir):
     assert np.allclose(text[rows[0], :EMBEDDING_DIM], text[rows[1], :EMBEDDING_DIM], atol=1e-5)
 
 
-def test_context_strings_use_previous_turns_of_the_same_dialogue():
+def test_previous_turns_of_the_same_dialogue():
     table = pd.DataFrame({"dialogue": [1, 1, 1, 2, 1], "sequence": [0, 1, 2, 0, 3],
                           "speaker": ["A", "B", "A", "C", "B"], "x_text": ["hi", "yo", "ok", "new", "bye"]})
-    contexts = context_strings(table, window=2)
+    contexts = previous_turns(table, window=2)
     assert contexts == ["", "A: hi", "A: hi\nB: yo", "", "B: yo\nA: ok"]
-    assert context_strings(table, window=0) == [""] * 5
+    assert previous_turns(table, window=0) == [""] * 5
 
 
 def test_logmel_separates_tones_and_reads_missing_as_none(tmp_path):

@@ -25,9 +25,19 @@ def test_ce_on_logits_equals_torch_and_hand_value():
     assert loss.item() == pytest.approx(hand, rel=1e-5)
 
 
-def test_class_weights_are_inverse_frequency_and_absent_class_gets_one():
-    weights = class_weights([0, 0, 0, 1], 3)  # N=4, C=3: 4/(3*3), 4/(3*1), absent -> 1
-    assert weights.tolist() == pytest.approx([4 / 9, 4 / 3, 1.0])
+def test_class_weights_are_inverse_frequency_and_absent_class_gets_the_largest():
+    # one loss module for encoders and heads: an absent class gets the largest present weight
+    weights = class_weights([0, 0, 0, 1], 3)  # N=4, C=3: 4/(3*3), 4/(3*1), absent -> max = 4/3
+    assert weights.tolist() == pytest.approx([4 / 9, 4 / 3, 4 / 3])
+
+
+def test_class_weights_sqrt_inverse_frequency():
+    y = np.array([0] * 8 + [1] * 2)
+    w = class_weights(y, 3, 0.5).numpy()
+    assert w[1] > w[0]
+    assert np.isclose(w[0], (10 / (3 * 8)) ** 0.5) and np.isclose(w[2], w[1])
+    # power 0 = unweighted
+    assert class_weights(y, 3, 0.0).tolist() == pytest.approx([1.0, 1.0, 1.0])
 
 
 def test_weighted_ce_is_weighted_mean():
@@ -92,3 +102,40 @@ def test_aux_weight_adds_the_auxiliary_term():
 def test_unknown_loss_names_fail_clearly():
     with pytest.raises(ValueError, match="loss='hinge'"):
         build_criterion(ObjectiveConfig(loss="hinge"), [0], 3)
+    with pytest.raises(ValueError, match="aux_loss='center'"):
+        build_criterion(ObjectiveConfig(aux_loss="center"), [0], 3)
+
+
+def test_label_smoothing_and_class_weight_power_reach_the_loss():
+    train_targets = [0, 0, 0, 1, 2, 2]
+    smoothed = build_criterion(ObjectiveConfig(loss="ce", label_smoothing=0.1), train_targets, 3)
+    assert smoothed(LOGITS, NO_EMBEDDING, TARGETS).item() == pytest.approx(
+        F.cross_entropy(LOGITS, TARGETS, label_smoothing=0.1).item(), rel=1e-6)
+    sqrt = build_criterion(ObjectiveConfig(loss="weighted_ce", class_weight_power=0.5), train_targets, 3)
+    w = class_weights(train_targets, 3, 0.5)
+    assert sqrt.weight.tolist() == pytest.approx(w.tolist())
+    assert sqrt(LOGITS, NO_EMBEDDING, TARGETS).item() == pytest.approx(
+        F.cross_entropy(LOGITS, TARGETS, weight=w).item(), rel=1e-6)
+
+
+def test_loss_config_reads_an_objective_and_the_text_encoder_params():
+    from hlm12erc.config import TextEncoderParams
+    from hlm12erc.models.losses import LossConfig
+
+    enc = LossConfig.of(TextEncoderParams())
+    assert (enc.loss, enc.class_weight_power, enc.label_smoothing, enc.aux_loss) == ("weighted_ce", 0.5, 0.1, "none")
+    obj = LossConfig.of(ObjectiveConfig(name="x", loss="focal", aux_loss="triplet", aux_weight=0.2, margin=0.3))
+    assert (obj.name, obj.loss, obj.aux_loss, obj.aux_weight, obj.margin) == ("x", "focal", "triplet", 0.2, 0.3)
+
+
+def test_loss_denominator_matches_the_mean_the_loss_takes():
+    """What data-parallel ranks weight their shares by: sum of the halves' (loss x denominator) = the whole's."""
+    train_targets = [0, 0, 0, 1, 2, 2]
+    logits, target = torch.randn(6, 3, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 1, 2, 0, 1])
+    for config in (ObjectiveConfig(loss="ce", label_smoothing=0.1), ObjectiveConfig(loss="weighted_ce",
+                   label_smoothing=0.1), ObjectiveConfig(loss="focal")):
+        criterion = build_criterion(config, train_targets, 3)
+        halves = [criterion(logits[s], NO_EMBEDDING[:1], target[s]) * criterion.denominator(target[s])
+                  for s in (slice(0, 2), slice(2, 6))]
+        whole = criterion(logits, NO_EMBEDDING[:1], target) * criterion.denominator(target)
+        assert torch.isclose(sum(halves), whole, rtol=1e-5), config.loss
