@@ -1,8 +1,10 @@
-"""Tiny fine-tuning inputs shared by the fine-tuning and DDP tests, and a torchrun worker.
+"""Tiny fine-tuning inputs shared by the text-encoder and DDP tests, and a torchrun worker.
 
 ``python tests/finetune_support.py --model DIR --out DIR`` (alone or under ``torchrun``) trains
-on a fixed synthetic table and saves this rank's weights to ``OUT/rank<RANK>.pt`` plus a
-``OUT/rank<RANK>.json`` summary, so a test can compare ranks and world sizes.
+ONE text encoder through the one training loop (``EncoderTask`` + ``train_loop``, with the
+``Dist`` of ``distributed.process_group``) on a fixed synthetic table, and saves this rank's
+final weights to ``OUT/rank<RANK>.pt`` (and the initial ones to ``OUT/initial<RANK>.pt``) plus
+an ``OUT/rank<RANK>.json`` summary, so a test can compare ranks and world sizes.
 """
 
 from __future__ import annotations
@@ -52,32 +54,58 @@ DDP_TRAIN = dict(n_dialogues=3, turns=11, seed=11)
 DDP_VALID = dict(n_dialogues=2, turns=7, split="valid", seed=12)
 
 
-def ddp_config(model_dir: str, **overrides):
-    from hlm12erc.training.finetune import FinetuneConfig
+def ddp_encoder_config(model_dir: str):
+    from hlm12erc.models.erc import EncoderConfig
 
-    base = dict(model_path=model_dir, max_tokens=48, past_turns=2, future_turns=1, epochs=2, batch_size=8,
-                lr=3e-3, head_lr=1e-2, warmup_ratio=0.2, dropout=0.0, loss="weighted_ce", label_smoothing=0.1,
-                patience=5, seed=5, threads=1, device="cpu")
-    return FinetuneConfig(**{**base, **overrides})
+    return EncoderConfig(model_path=model_dir, max_tokens=48, past_turns=2, future_turns=1, dropout=0.0)
+
+
+def ddp_settings():
+    from hlm12erc.training.trainer import LoopSettings
+
+    return LoopSettings(epochs=2, batch_size=8, lr=3e-3, head_lr=1e-2, patience=5, seed=5, schedule="linear",
+                        warmup_ratio=0.2, max_grad_norm=1.0)
 
 
 def main() -> None:
     import torch
 
-    from hlm12erc.training.finetune import train_finetune
+    from hlm12erc.data import context
+    from hlm12erc.models.erc import build_text_encoder, load_tokenizer
+    from hlm12erc.models.losses import Criterion, LossConfig
+    from hlm12erc.training import distributed
+    from hlm12erc.training.trainer import EncoderTask, label_ids, seed_everything, train_loop
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     out = Path(args.out)
+    torch.set_num_threads(1)
+    cfg = ddp_encoder_config(args.model)
+    tokenizer = load_tokenizer(args.model)
+    train, valid = make_table(**DDP_TRAIN), make_table(**DDP_VALID)
+    pairs = [context.text_pairs(t, tokenizer, cfg.max_tokens, cfg.past_turns, cfg.future_turns) for t in (train, valid)]
+    y, valid_y = label_ids(train, LABELS), label_ids(valid, LABELS)
     calls: list[int] = []
-    summary = train_finetune(ddp_config(args.model), make_table(**DDP_TRAIN), make_table(**DDP_VALID), LABELS,
-                             out / "model", on_epoch=lambda row: calls.append(row["epoch"]))
-    rank = os.environ.get("RANK", "0")
-    torch.save(summary.pop("last_model").state_dict(), out / f"rank{rank}.pt")  # this rank's weights in memory
-    summary.pop("history")
-    (out / f"rank{rank}.json").write_text(json.dumps({**summary, "on_epoch_calls": calls}))
+    device = torch.device("cpu")
+    with distributed.process_group(device) as dist:
+        seed_everything(5)  # the same classifier init on every rank
+        encoder = build_text_encoder(cfg, len(LABELS))
+        rank = dist.rank
+        torch.save({k: v.clone() for k, v in encoder.state_dict().items()}, out / f"initial{rank}.pt")
+        task = EncoderTask(encoder, pairs[0], y, pairs[1], valid_y, tokenizer.pad_token_id, 16, device)
+        criterion = Criterion(LossConfig(loss="weighted_ce", class_weight_power=0.5, label_smoothing=0.1), y,
+                              len(LABELS))
+        result = train_loop(task, ddp_settings(), criterion, LABELS, device, dist, "encoder0",
+                            on_epoch=lambda row: calls.append(row["epoch"]), progress=False)
+        dist.barrier()
+    torch.save(encoder.state_dict(), out / f"rank{rank}.pt")  # this rank's weights in memory
+    (out / f"rank{rank}.json").write_text(json.dumps({
+        "rank": rank, "world_size": dist.world_size, "epochs_run": len(result.history),
+        "best_epoch": result.best_epoch, "best_valid_weighted_f1": result.best_valid_weighted_f1,
+        "train_loss": [r["train_loss"] for r in result.history], "valid_loss": [r["valid_loss"] for r in result.history],
+        "on_epoch_calls": calls}))
 
 
 if __name__ == "__main__":
