@@ -1,18 +1,40 @@
-"""The training loop on random label-correlated features (no encoders): fast and deterministic."""
+"""The one training loop (training/trainer.py) on random label-correlated features: fast and deterministic.
+
+Heads read the conftest's random features; objectives with ``text: finetuned`` read two cross-fitted
+tiny-BERT encoders trained once for the module.
+"""
 
 from dataclasses import replace
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
-from conftest import ERC_LABELS, erc_random_features
+from conftest import ERC_LABELS, ERC_TEXTS, erc_random_features
 
-from hlm12erc.config import ObjectiveConfig, TrainParams, load_params
+from hlm12erc.config import ObjectiveConfig, Params, TextEncoderParams, TrainParams, load_params
 from hlm12erc.data.meld import DataError
+from hlm12erc.models.erc import ErcModel, default_model_path, load_tokenizer
+from hlm12erc.training import trainer
 from hlm12erc.training.metrics import compute_metrics, confusion
-from hlm12erc.training.trainer import (as_batch, load_model, predict_logits, save_model, select_device,
-                                       train_model)
+from hlm12erc.training.trainer import new_model, select_device
 
 FAST = TrainParams(seed=1, epochs=1, batch_size=8, lr=1e-2, patience=3, device="cpu")
+CPU = torch.device("cpu")
+
+
+def table_of(features, split: str = "train") -> pd.DataFrame:
+    """The 1NF rows a FeatureSet of erc_random_features stands for (5-turn dialogues, cycling speakers)."""
+    index = features.index
+    return pd.DataFrame({"split": split, "dialogue": index["dialogue"], "sequence": index["sequence"],
+                         "clip_id": index["clip_id"], "speaker": [["Ross", "Rachel", "Joey"][i % 3]
+                                                                   for i in range(len(index))],
+                         "x_text": [ERC_TEXTS.get(label, label) for label in index["label"]],
+                         "label": index["label"]})
+
+
+def params_with(train: TrainParams = FAST, labels=ERC_LABELS, text_encoder: TextEncoderParams | None = None) -> Params:
+    return Params(train=train, labels=list(labels), text_encoder=text_encoder or TextEncoderParams())
 
 
 @pytest.fixture(scope="module")
@@ -20,65 +42,157 @@ def splits():
     return erc_random_features(42, seed=0), erc_random_features(21, seed=1)
 
 
+@pytest.fixture(scope="module")
+def tables(splits):
+    return table_of(splits[0]), table_of(splits[1], "valid")
+
+
+def fit(objective, splits, tables, params=None, **kwargs) -> ErcModel:
+    params = params or params_with()
+    model = new_model(objective, params, splits[0].dims)
+    return model.fit(tables[0], tables[1], splits[0], splits[1], params, progress=False, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def encoders(tmp_path_factory, splits, tables):
+    """(params, model): two cross-fitted tiny-BERT encoders, one epoch each."""
+    from finetune_support import save_tiny_bert
+
+    tiny = save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), load_tokenizer(default_model_path()))
+    params = params_with(text_encoder=TextEncoderParams(model_path=tiny, folds=2, epochs=1, min_steps=0, batch_size=8,
+                                                        max_tokens=32, eval_batch_size=32))
+    return params, fit(ObjectiveConfig(name="tf", text="finetuned", fusion="none"), splits, tables, params)
+
+
 @pytest.mark.parametrize("name", sorted(load_params().objectives))
-def test_every_objective_in_params_trains_one_epoch(name, splits):
+def test_every_objective_in_params_trains_one_epoch(name, splits, tables, encoders):
     objective = replace(load_params().objective(name), epochs=1)
-    result = train_model(objective, *splits, ERC_LABELS, FAST, progress=False)
-    assert list(result.history["epoch"]) == [1]
-    assert torch.isfinite(torch.tensor(result.history["train_loss"].to_numpy())).all()
-    assert not result.model.training  # handed back in eval mode
+    params, trained = encoders
+    finetuned = objective.text == "finetuned"
+    model = fit(objective, splits, tables, params, encoders_from=trained if finetuned else None)
+    history = pd.DataFrame(model.info["history"], columns=trainer.HISTORY_COLUMNS)
+    if objective.fusion == "none":
+        assert model.head is None and history.empty  # the encoders came trained
+    else:
+        assert history["part"].tolist() == ["head"] and history["epoch"].tolist() == [1]
+        assert np.isfinite(history["train_loss"]).all()
+        assert not model.head.training  # handed back in eval mode
+        assert model.config.head.dialogue == objective.dialogue
+    assert len(model.encoders) == (2 if finetuned else 0)
+    valid_features = splits[1] if model.uses_cached_features else None
+    probs = model.predict_proba(tables[1], valid_features)
+    assert probs.shape == (21, len(ERC_LABELS)) and np.allclose(probs.sum(1), 1, atol=1e-5)
 
 
-def test_learns_separable_features_and_keeps_the_best_epoch(splits):
-    objective = ObjectiveConfig(name="t", modalities=["text", "audio", "visual"], fusion="attention", hidden=32)
-    result = train_model(objective, *splits, ERC_LABELS, replace(FAST, epochs=25, patience=4), progress=False)
-    history = result.history
+def weighted_f1(model: ErcModel, table, features) -> float:
+    probs = model.predict_proba(table, features, batch_size=64)
+    labels = model.labels
+    return compute_metrics(table["label"].tolist(), [labels[i] for i in probs.argmax(1)], labels)["weighted_f1"]
+
+
+@pytest.mark.parametrize("dialogue", ["none", "bidirectional"])
+def test_learns_separable_features_and_keeps_the_best_epoch(dialogue, splits, tables):
+    objective = ObjectiveConfig(name="t", modalities=["text", "audio", "visual"], fusion="attention", hidden=32,
+                                dialogue=dialogue)
+    model = fit(objective, splits, tables, params_with(replace(FAST, epochs=25, patience=4)))
+    history = pd.DataFrame(model.info["history"])
+    best = model.info["head"]
     assert history["valid_weighted_f1"].max() > 0.8
-    assert result.best_valid_weighted_f1 == history["valid_weighted_f1"].max()
-    assert result.best_epoch == int(history.loc[history["valid_weighted_f1"].idxmax(), "epoch"])
-    assert len(history) <= result.best_epoch + 4  # early stopping after `patience` epochs without gain
-    valid = as_batch(splits[1], objective.modalities, ERC_LABELS)
-    from hlm12erc.training.trainer import evaluate_batch
-    assert evaluate_batch(result.model, valid, 64, torch.device("cpu"))["weighted_f1"] == pytest.approx(
-        result.best_valid_weighted_f1)  # the restored weights are the best epoch's
+    assert best["best_valid_weighted_f1"] == history["valid_weighted_f1"].max() == model.info["best_valid_weighted_f1"]
+    assert best["best_epoch"] == int(history.loc[history["valid_weighted_f1"].idxmax(), "epoch"])
+    assert len(history) <= best["best_epoch"] + 4  # early stopping after `patience` epochs without gain
+    # the restored weights are the best epoch's
+    assert weighted_f1(model, tables[1], splits[1]) == pytest.approx(best["best_valid_weighted_f1"])
 
 
-def test_training_is_seeded(splits):
-    objective = ObjectiveConfig(name="t", modalities=["text", "audio"], hidden=16)
-    first = train_model(objective, *splits, ERC_LABELS, replace(FAST, epochs=2), progress=False)
-    second = train_model(objective, *splits, ERC_LABELS, replace(FAST, epochs=2), progress=False)
-    for key, value in first.model.state_dict().items():
-        assert torch.equal(value, second.model.state_dict()[key]), key
+def test_training_is_seeded(splits, tables):
+    objective = ObjectiveConfig(name="t", modalities=["text", "audio"], hidden=16, dialogue="past")
+    first = fit(objective, splits, tables, params_with(replace(FAST, epochs=2)))
+    second = fit(objective, splits, tables, params_with(replace(FAST, epochs=2)))
+    for key, value in first.head.state_dict().items():
+        assert torch.equal(value, second.head.state_dict()[key]), key
+    assert first.info["history"] == second.info["history"]
 
 
-def test_checkpoint_round_trip_and_deterministic_evaluation(splits, tmp_path):
+def test_checkpoint_round_trip_and_deterministic_evaluation(splits, tables, tmp_path):
     objective = ObjectiveConfig(name="t", modalities=["text", "visual"], fusion="attention", hidden=16, dropout=0.5)
-    model = train_model(objective, *splits, ERC_LABELS, replace(FAST, epochs=2), progress=False).model
-    save_model(model, tmp_path / "m", objective, {"feature_dims": splits[0].dims})
-    loaded, config = load_model(tmp_path / "m")
-    assert config["objective"]["name"] == "t" and config["model"]["labels"] == ERC_LABELS
-    data = as_batch(splits[1], objective.modalities, ERC_LABELS)
-    cpu = torch.device("cpu")
-    first, second = predict_logits(loaded, data, 5, cpu), predict_logits(loaded, data, 7, cpu)
-    assert torch.allclose(first, second, atol=1e-6)  # dropout off, batch size irrelevant
-    assert torch.allclose(first, predict_logits(model, data, 64, cpu), atol=1e-6)
-    assert torch.equal(loaded.mean_text, model.mean_text)  # train statistics travel with the checkpoint
+    model = fit(objective, splits, tables, params_with(replace(FAST, epochs=2)))
+    model.save(tmp_path / "m")
+    loaded = ErcModel.load(tmp_path / "m")
+    assert loaded.meta["objective"]["name"] == "t" and loaded.labels == ERC_LABELS
+    assert loaded.config.head.input_dims == {"text": 12, "visual": 6} and not loaded.encoders
+    first = loaded.predict_proba(tables[1], splits[1], batch_size=5)
+    second = loaded.predict_proba(tables[1], splits[1], batch_size=7)
+    np.testing.assert_allclose(first, second, atol=1e-6)  # dropout off, batch size irrelevant
+    np.testing.assert_allclose(first, model.predict_proba(tables[1], splits[1]), atol=1e-6)
+    assert torch.equal(loaded.head.mean_text, model.head.mean_text)  # train statistics travel with the checkpoint
+    assert (loaded.head.mean_text != 0).any()
 
 
-def test_label_outside_the_set_names_the_row(splits):
-    train, valid = splits
+def test_an_older_checkpoint_format_is_refused_in_one_line(splits, tables, tmp_path):
+    import json
+
+    model = fit(ObjectiveConfig(name="t", hidden=8), splits, tables)
+    model.save(tmp_path / "m")
+    raw = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**raw, "format": 1}))
+    with pytest.raises(ValueError, match=r"checkpoint format 1, this code reads format 2; retrain"):
+        ErcModel.load(tmp_path / "m")
+    with pytest.raises(FileNotFoundError, match="does not exist; run the train stage"):
+        ErcModel.load(tmp_path / "nowhere")
+    (tmp_path / "m" / "config.json").write_text(json.dumps(raw))
+    (tmp_path / "m" / "head.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="head.pt not found"):
+        ErcModel.load(tmp_path / "m")
+
+
+def test_label_outside_the_set_names_the_row(splits, tables):
     bad = erc_random_features(10, seed=3)
     bad.index.loc[4, "label"] = "contempt"
     with pytest.raises(DataError, match=r"row 5 \(dia0_utt4\).*'contempt'"):
-        train_model(ObjectiveConfig(name="t"), bad, valid, ERC_LABELS, FAST, progress=False)
+        fit(ObjectiveConfig(name="t"), (bad, splits[1]), (table_of(bad), tables[1]))
 
 
 def test_another_label_set_works_by_changing_labels():
     labels = ["neg", "pos"]
     train = erc_random_features(20, seed=0, labels=labels)
     valid = erc_random_features(10, seed=1, labels=labels)
-    result = train_model(ObjectiveConfig(name="t"), train, valid, labels, FAST, progress=False)
-    assert result.model.config.n_classes == 2
+    model = fit(ObjectiveConfig(name="t"), (train, valid), (table_of(train), table_of(valid, "valid")),
+                params_with(labels=labels))
+    assert model.labels == labels and model.head.head[-1].out_features == 2
+    assert model.predict_proba(table_of(valid, "valid"), valid).shape == (10, 2)
+
+
+def test_dialogue_heads_train_on_whole_dialogues(splits, tables):
+    head = new_model(ObjectiveConfig(name="t", hidden=8, dialogue="past"), params_with(), splits[0].dims).config.head
+    inputs = trainer.head_inputs(tables[0], splits[0].arrays, splits[0].mask, head)
+    ids = inputs.dialogue
+    for batches in (inputs.dialogue_batches(8), inputs.dialogue_batches(8, np.random.default_rng(0).permutation(9))):
+        assert sorted(np.concatenate(batches).tolist()) == list(range(42))  # every row once
+        for rows in batches:
+            for d in set(ids[rows]):
+                in_batch = rows[ids[rows] == d]
+                assert len(in_batch) == (ids == d).sum()  # a dialogue is never split across batches
+                assert inputs.turn[in_batch].tolist() == sorted(inputs.turn[in_batch].tolist())
+
+
+def test_min_steps_raises_the_epochs_and_on_epoch_sees_each(splits, tables):
+    objective = ObjectiveConfig(name="t", hidden=8)
+    params = params_with(replace(FAST, epochs=1, batch_size=16, patience=10))
+    model = new_model(objective, params, splits[0].dims)
+    model.fit(tables[0], tables[1], splits[0], splits[1], params, progress=False)
+    head = model.head
+    inputs = trainer.head_inputs(tables[0], {m: splits[0].arrays[m] for m in ["text"]}, splits[0].mask[:, :1],
+                                 model.config.head)
+    task = trainer.HeadTask(head, inputs, trainer.label_ids(tables[0], ERC_LABELS),
+                            lambda: np.zeros((21, 7), np.float32), trainer.label_ids(tables[1], ERC_LABELS))
+    from hlm12erc.models.losses import Criterion, LossConfig
+
+    rows = []
+    settings = trainer.LoopSettings(epochs=1, batch_size=16, lr=1e-2, patience=10, seed=0, min_steps=7)
+    result = trainer.train_loop(task, settings, Criterion(LossConfig(), task.y, 7), ERC_LABELS, CPU,
+                                on_epoch=rows.append, progress=False)
+    assert [r["epoch"] for r in rows] == [1, 2, 3] == [r["epoch"] for r in result.history]  # 3 steps an epoch
 
 
 def test_device_selection():
@@ -103,14 +217,14 @@ def test_metrics_keep_absent_classes_and_hand_values():
     assert counts.shape == (7, 7) and counts[ERC_LABELS.index("joy"), ERC_LABELS.index("anger")] == 1
 
 
-def test_predict_proba_checks_feature_widths(splits):
+def test_predict_proba_checks_feature_widths(splits, tables):
     from hlm12erc.config import ConfigError
-    from hlm12erc.training.trainer import predict_proba
 
-    objective = ObjectiveConfig(name="t", modalities=["text", "audio"], hidden=16)
-    model = train_model(objective, *splits, ERC_LABELS, FAST, progress=False).model
-    probs = predict_proba(model, splits[1], 8, torch.device("cpu"), "valid")
+    model = fit(ObjectiveConfig(name="t", modalities=["text", "audio"], hidden=16), splits, tables)
+    probs = model.predict_proba(tables[1], splits[1], 8)
     assert probs.shape == (21, len(ERC_LABELS)) and abs(probs.sum(1) - 1).max() < 1e-5
     wider = erc_random_features(21, seed=1, dims={"text": 13, "audio": 8, "visual": 6})
-    with pytest.raises(ConfigError, match=r"valid: text features are 13-d but the model expects 12-d.*retrain"):
-        predict_proba(model, wider, 8, torch.device("cpu"), "valid")
+    with pytest.raises(ConfigError, match=r"text features are 13-d but the model expects 12-d.*retrain"):
+        model.predict_proba(tables[1], wider, 8)
+    with pytest.raises(ConfigError, match="reads cached text features"):
+        model.predict_proba(tables[1], None, 8)
