@@ -8,9 +8,9 @@ import yaml
 from conftest import ERC_LABELS
 
 from hlm12erc.config import ConfigError, Params, TrainParams, load_params
+from hlm12erc.models.erc import ErcModel
 from hlm12erc.modelling import ERCConfigLoader, ERCModel
 from hlm12erc.training import ERCDataCollator, ERCEvaluator, ERCMetricCalculator, ERCTrainer, MeldDataset
-from hlm12erc.training.trainer import load_model
 
 
 def test_config_loader_reads_params_or_a_single_objective(tmp_path):
@@ -33,19 +33,21 @@ def test_notebook_flow_train_save_evaluate(erc_tables, tmp_path, capsys):
     assert train[0]["clip_id"] == "dia0_utt0"
     params = Params(train=TrainParams(seed=3, patience=5, device="cpu"), labels=list(ERC_LABELS))
     config = ERCConfigLoader("params.yaml", "fusion").load()
-    _, model = ERCTrainer(config, params).train(data=(train, valid), n_epochs=4, batch_size=8,
-                                                save_to=tmp_path / "model", device="cpu")
-    assert isinstance(model, ERCModel) and not model.training
+    info, model = ERCTrainer(config, params).train(data=(train, valid), n_epochs=4, batch_size=8,
+                                                   save_to=tmp_path / "model", device="cpu")
+    assert ERCModel is ErcModel and isinstance(model, ErcModel) and not model.head.training
+    assert [row["epoch"] for row in info["history"]] == list(range(1, len(info["history"]) + 1))
+    assert 1 <= len(info["history"]) <= 4
     assert train.features(params.features) is train.features(params.features)  # featurized once per dataset
     saved = json.loads((tmp_path / "model" / "config.json").read_text())
-    assert saved["objective"]["epochs"] == 4
+    assert saved["format"] == 2 and saved["objective"]["epochs"] == 4 and saved["objective"]["name"] == "fusion"
 
     metrics = ERCEvaluator(model).evaluate(dataset=test, batch_size=5, device="cpu")
     assert "weighted avg" in capsys.readouterr().out
     assert metrics["n"] == 14 and set(metrics["per_class"]) == set(ERC_LABELS)
     again = ERCEvaluator(model).evaluate(dataset=test, batch_size=64, device="cpu")
     assert again == metrics  # deterministic, batch size irrelevant
-    loaded, _ = load_model(tmp_path / "model")
+    loaded = ERCModel.load(tmp_path / "model")
     assert ERCEvaluator(loaded).evaluate(dataset=test, batch_size=64) == metrics
 
 
