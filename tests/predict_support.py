@@ -18,19 +18,40 @@ CONVERSATION = [
 ]
 
 
-def train_tiny_model(out_dir: Path, features_dir: Path, objective: str = "final", epochs: int = 3) -> Path:
-    """A few epochs of ``objective`` on the conftest features, saved like the train stage saves it."""
+def tiny_text_encoder_params(params, folder: Path):
+    """params with a tiny random BERT (saved under ``folder``) as the fine-tuned text encoder, one quick epoch."""
+    from finetune_support import save_tiny_bert
+
+    from hlm12erc.models.erc import default_model_path, load_tokenizer
+
+    tiny = folder / "tiny_bert"
+    if not (tiny / "config.json").is_file():
+        save_tiny_bert(tiny, load_tokenizer(default_model_path()))
+    encoder = dataclasses.replace(params.text_encoder, model_path=str(tiny), epochs=1, min_steps=0, max_tokens=32,
+                                  batch_size=8, eval_batch_size=32)
+    return dataclasses.replace(params, text_encoder=encoder)
+
+
+def train_tiny_model(out_dir: Path, features_dir: Path, tables_dir: Path, objective: str = "final", epochs: int = 3,
+                     **overrides) -> Path:
+    """A few epochs of ``objective`` (fields replaced by ``overrides``) on the conftest tables and features,
+    saved like the train stage saves it; ``text: finetuned`` objectives get tiny-BERT encoders."""
+    from hlm12erc.data.meld import load_table
     from hlm12erc.features.store import FeatureSet
-    from hlm12erc.training.trainer import save_model, train_model
+    from hlm12erc.training.trainer import new_model
 
     params = load_params(PARAMS_FILE)
-    config = dataclasses.replace(params.objective(objective), epochs=epochs)
-    train_params = dataclasses.replace(params.train, device="cpu", patience=epochs)
+    config = dataclasses.replace(params.objective(objective), epochs=epochs, **overrides)
+    params = dataclasses.replace(params, train=dataclasses.replace(params.train, device="cpu", patience=epochs))
+    if config.text == "finetuned":
+        params = tiny_text_encoder_params(params, Path(out_dir).parent)
     train_set, valid_set = FeatureSet.load(features_dir / "train"), FeatureSet.load(features_dir / "valid")
-    result = train_model(config, train_set, valid_set, params.labels, train_params, progress=False)
-    save_model(result.model, out_dir, config, {"feature_dims": train_set.dims,
-                                               "features": dataclasses.asdict(params.features)})
-    return out_dir
+    train, valid = (load_table(Path(tables_dir) / f"{s}.csv", params.labels) for s in ("train", "valid"))
+    model = new_model(config, params, train_set.dims)
+    model.fit(train, valid, train_set, valid_set, params, progress=False)
+    model.info.pop("history")
+    model.save(out_dir)
+    return Path(out_dir)
 
 
 def write_conversation(folder: Path, fmt: str, clip: Path | None = None, wrap: bool = False) -> Path:

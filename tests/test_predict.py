@@ -21,9 +21,9 @@ P_COLUMNS = [f"p_{label}" for label in ERC_LABELS]
 
 
 @pytest.fixture(scope="module")
-def model_dir(erc_features_dir, tmp_path_factory):
-    """`final` (attention fusion over text+audio+visual), a few epochs on the synthetic features."""
-    return train_tiny_model(tmp_path_factory.mktemp("model") / "final", erc_features_dir)
+def model_dir(erc_features_dir, erc_tables, tmp_path_factory):
+    """`final` (fine-tuned tiny-BERT text + audio + visual, attention fusion, dialogue transformer), a few epochs."""
+    return train_tiny_model(tmp_path_factory.mktemp("model") / "final", erc_features_dir, erc_tables)
 
 
 @pytest.fixture(scope="module")
@@ -103,23 +103,23 @@ def test_a_clip_that_fails_to_decode_falls_back_to_text(model_dir, conversation_
     assert result["used"].tolist() == ["text", "text+audio+visual"]
 
 
+def _conversation(table: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"dialogue": table["dialogue"], "speaker": table["speaker"], "text": table["x_text"]})
+
+
 def test_dialogue_context_is_built_as_in_training(erc_features_dir, erc_tables, tmp_path):
     """A text model on the test table's turns gives the evaluate stage's probabilities (same context window)."""
-    import torch
-
+    from hlm12erc.data.meld import load_table
     from hlm12erc.features.store import FeatureSet
-    from hlm12erc.training.trainer import as_batch, predict_logits
 
-    model_dir = train_tiny_model(tmp_path / "text", erc_features_dir, objective="text")
+    model_dir = train_tiny_model(tmp_path / "text", erc_features_dir, erc_tables, objective="text")
     predictor = Predictor.load(model_dir)
-    table = pd.read_csv(erc_tables / "test.csv", keep_default_na=False)
-    conversation = pd.DataFrame({"dialogue": table["dialogue"], "speaker": table["speaker"], "text": table["x_text"]})
-    result = predictor.predict(conversation)
-    cached = FeatureSet.load(erc_features_dir / "test")
-    logits = predict_logits(predictor.model, as_batch(cached, ["text"], ERC_LABELS), 64, torch.device("cpu"))
-    np.testing.assert_allclose(result[P_COLUMNS].to_numpy(), torch.softmax(logits, -1).numpy(), atol=1e-5)
+    table = load_table(erc_tables / "test.csv", ERC_LABELS)
+    result = predictor.predict(_conversation(table))
+    expected = predictor.model.predict_proba(table, FeatureSet.load(erc_features_dir / "test"))
+    np.testing.assert_allclose(result[P_COLUMNS].to_numpy(), expected, atol=1e-5)
     assert result["turn"].tolist() == (table["sequence"] + 1).tolist()
-    alone = predictor.predict(conversation.iloc[[3]])  # the same turn without its dialogue: other context
+    alone = predictor.predict(_conversation(table).iloc[[3]])  # the same turn without its dialogue: other context
     assert not np.allclose(alone[P_COLUMNS].to_numpy(), result[P_COLUMNS].to_numpy()[[3]], atol=1e-4)
 
 
@@ -181,25 +181,41 @@ def test_read_conversation_accepts_a_list_and_dialogues(tmp_path):
     assert turns["dialogue"].tolist() == ["1", "2", "1"] and turns["clip"].tolist() == ["", "", ""]
 
 
-def test_finetuned_model_builds_its_inputs_as_in_training(erc_tables, tmp_path):
-    """kind=finetune: the conversation's turns give the evaluate stage's probabilities (fine-tune context)."""
+@pytest.mark.parametrize("objective,overrides", [
+    ("final", {"modalities": ["text"], "fusion": "concat"}),  # fine-tuned text + bidirectional dialogue context
+    ("text_finetune", {}),  # the encoders alone (fusion: none)
+])
+def test_finetuned_model_builds_its_inputs_as_in_training(objective, overrides, erc_features_dir, erc_tables, tmp_path):
+    """`text: finetuned` (+ dialogue context): the conversation's turns give ErcModel.predict_proba's
+    probabilities on the same turns (the evaluate stage's path), for several dialogues in any row order."""
     from hlm12erc.data.meld import load_table
-    from hlm12erc.training.finetune import FinetuneConfig, load_finetuned, predict_proba, train_finetune
+    from hlm12erc.models.erc import ErcModel
 
-    cfg = FinetuneConfig.from_dict({"epochs": 1, "max_tokens": 32, "batch_size": 8, "threads": 1, "device": "cpu",
-                                    "max_train_rows": 14, "past_turns": 2})
-    train, valid = load_table(erc_tables / "train.csv", ERC_LABELS), load_table(erc_tables / "valid.csv", ERC_LABELS)
-    model_dir = tmp_path / "text_finetune"
-    train_finetune(cfg, train, valid, ERC_LABELS, model_dir)
+    model_dir = train_tiny_model(tmp_path / objective, erc_features_dir, erc_tables, objective=objective, epochs=2,
+                                 **overrides)
+    model = ErcModel.load(model_dir)
+    assert model.config.text == "finetuned" and not model.uses_cached_features and len(model.encoders) == 2
+    if objective == "final":
+        assert model.config.head.dialogue == "bidirectional"
     test = load_table(erc_tables / "test.csv", ERC_LABELS)
-    conversation = pd.DataFrame({"dialogue": test["dialogue"], "speaker": test["speaker"], "text": test["x_text"],
-                                 "clip": [""] * len(test)})
+    conversation = _conversation(test)
+    conversation["clip"] = ""
     conversation.loc[0, "clip"] = "ignored.mp4"  # a text-only model never opens clips, but the path must exist
     with pytest.raises(PredictError, match="does not exist"):
         Predictor.load(model_dir).predict(conversation)
     conversation["clip"] = ""
     predictor = Predictor.load(model_dir)
+    assert not predictor.needs_media
     result = predictor.predict(conversation)
-    expected = predict_proba(load_finetuned(model_dir, "cpu"), test)
+    expected = model.predict_proba(test)
     np.testing.assert_allclose(result[P_COLUMNS].to_numpy(), expected, atol=1e-5)
-    assert predictor.kind == "finetune" and set(result["used"]) == {"text"}
+    assert set(result["used"]) == {"text"} and set(result["media_status"]) == {"no_clip"}
+    # dialogues interleaved round-robin (each dialogue's turns keep their order): the same per-turn answers
+    within = conversation.groupby("dialogue", sort=False).cumcount().to_numpy()
+    order = np.lexsort((-conversation["dialogue"].astype(int).to_numpy(), within))
+    assert not (np.diff(order) == 1).all()
+    shuffled = predictor.predict(conversation.iloc[order])
+    np.testing.assert_allclose(shuffled[P_COLUMNS].to_numpy(), result[P_COLUMNS].to_numpy()[order], atol=1e-5)
+    if objective == "final":  # the dialogue context matters: a turn alone is predicted otherwise
+        alone = predictor.predict(conversation.iloc[[3]])
+        assert not np.allclose(alone[P_COLUMNS].to_numpy(), result[P_COLUMNS].to_numpy()[[3]], atol=1e-4)

@@ -30,7 +30,8 @@ SERVE_TIMEOUT_S = 90
 
 @pytest.fixture(scope="module")
 def registered(erc_features_dir, erc_tables, tmp_path_factory):
-    """(store URI, model dir, version, metrics): `final` trained, then evaluate.py --register hlm12erc."""
+    """(store URI, model dir, version, metrics): `final` (tiny-BERT fine-tuned text + audio + visual, dialogue
+    context) trained, then evaluate.py --register hlm12erc."""
     import importlib.util
 
     root = tmp_path_factory.mktemp("pyfunc")
@@ -38,7 +39,7 @@ def registered(erc_features_dir, erc_tables, tmp_path_factory):
     patch = pytest.MonkeyPatch()
     patch.setenv("HLM12ERC_MLFLOW_URI", uri)
     try:
-        model_dir = train_tiny_model(root / "models" / "headline", erc_features_dir)
+        model_dir = train_tiny_model(root / "models" / "headline", erc_features_dir, erc_tables)
         spec = importlib.util.spec_from_file_location("stage_evaluate", PROJECT_ROOT / "pipeline" / "evaluate.py")
         evaluate = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(evaluate)
@@ -234,8 +235,9 @@ def test_register_command_adds_each_model_once(registered, tmp_path, monkeypatch
 
     retrained = tmp_path / "retrained"  # other weights: same folder layout, other bytes
     shutil.copytree(model_dir, retrained)
-    state = torch.load(retrained / "model.pt", weights_only=True)
-    torch.save({k: v + 1e-3 if v.is_floating_point() else v for k, v in state.items()}, retrained / "model.pt")
+    assert (retrained / "head.pt").is_file() and (retrained / "encoder_0.pt").is_file()
+    state = torch.load(retrained / "head.pt", weights_only=True)
+    torch.save({k: v + 1e-3 if v.is_floating_point() else v for k, v in state.items()}, retrained / "head.pt")
     assert _register("--model", str(retrained), "--metrics", str(metrics_path)) == 0
     assert "as hlm12erc version 2" in capsys.readouterr().out
     client = MlflowClient(uri, registry_uri=uri)
