@@ -1,7 +1,7 @@
 """Benchmark: fine-tuning throughput (training samples/s) at 1 and 2 processes, and peak memory.
 
 Each setting runs ``torchrun --standalone --nproc_per_node=N`` on this file's worker, which
-fine-tunes MiniLM (the ``text_finetune`` settings of params.yaml: 3 past + 1 future turns,
+trains one text encoder (the ``text_encoder`` settings of params.yaml: 3 past + 1 future turns,
 128 tokens, batch 32) for one epoch over the same seeded subset of whole dialogues. On CPU the
 cores are split between the ranks (``threads: 0``), so N processes compete for the same cores
 as one process with all of them: the table says what data parallelism buys on this machine.
@@ -47,22 +47,27 @@ def load_train(data: Path, labels: list[str]):
 
 
 def worker(args: argparse.Namespace) -> None:
-    """One rank: fine-tune one epoch, write ``rank<R>.json`` with its timings and peak memory."""
-    from hlm12erc.config import load_params
-    from hlm12erc.training.finetune import FinetuneConfig, _subset, train_finetune
+    """One rank: train one text encoder for one epoch, write ``rank<R>.json`` with its timings and peak memory."""
+    from dataclasses import replace
+
+    from hlm12erc.config import ObjectiveConfig, load_params
+    from hlm12erc.training import trainer
 
     params = load_params(REPO / "params.yaml")
+    params = replace(params, text_encoder=replace(params.text_encoder, folds=1, epochs=1, min_steps=0, patience=1,
+                                                  max_train_rows=args.rows),
+                     train=replace(params.train, seed=42, device=args.device))
     table = load_train(Path(args.data), params.labels)
-    cfg = FinetuneConfig.from_dict({**params.objectives["text_finetune"].finetune, "epochs": 1, "patience": 1,
-                                    "max_train_rows": args.rows, "threads": 0, "device": args.device,
-                                    "seed": 42})
-    valid = _subset(table, VALID_ROWS, seed=1)
+    valid = trainer._subset(table, VALID_ROWS, seed=1)
     train = table.drop(valid.index)
-    summary = train_finetune(cfg, train, valid, list(params.labels), Path(args.out) / "model")
+    model = trainer.new_model(ObjectiveConfig(name="text_finetune", text="finetuned", fusion="none"), params)
+    device = trainer.select_device(args.device)
+    history = trainer.fit_encoders(model, train, valid, params, device, progress=False)
     rank = int(os.environ.get("RANK", "0"))
-    record = {"rank": rank, "nproc": summary["nproc"], "rows": summary["n_train"],
-              "epoch_seconds": summary["history"][0]["seconds"], "device": summary["device"],
+    record = {"rank": rank, "nproc": int(os.environ.get("WORLD_SIZE", "1")), "rows": model.info["encoder0"]["n_train"],
+              "epoch_seconds": model.info["encoder0"]["seconds"], "device": str(device),
               "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    assert history, "no epoch ran"
     (Path(args.out) / f"rank{rank}.json").write_text(json.dumps(record))
 
 

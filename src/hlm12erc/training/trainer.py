@@ -480,6 +480,8 @@ def fit_encoders(model: ErcModel, train: pd.DataFrame, valid: pd.DataFrame, para
     encoders, seen = [], []
     with distributed.process_group(device) as dist:
         device = distributed.device_for(dist, device)
+        if device.type == "cpu":  # the cores are shared by this machine's ranks
+            torch.set_num_threads(max(1, resolve_jobs(0) // dist.local_world_size))
         for k in range(model.config.folds):
             part = train[fold != k] if model.config.folds > 1 else train
             seed_everything(params.train.seed + k)  # same on every rank: same classifier init, same batches
@@ -494,6 +496,7 @@ def fit_encoders(model: ErcModel, train: pd.DataFrame, valid: pd.DataFrame, para
             encoders.append(encoder.cpu())
             seen.append(sorted(set(context.dialogue_ids(part))))
             model.info[f"encoder{k}"] = {"best_epoch": result.best_epoch, "n_train": len(part),
+                                         "seconds": round(result.seconds / max(1, len(result.history)), 1),
                                          "best_valid_weighted_f1": result.best_valid_weighted_f1,
                                          "stopped_by_budget": result.stopped_by_budget}
         dist.barrier()
@@ -577,12 +580,15 @@ def _modules(model: ErcModel) -> list[nn.Module]:
 
 def fit(model: ErcModel, train: pd.DataFrame, valid: pd.DataFrame, train_features: Any, valid_features: Any,
         params: Params, encoders_from: ErcModel | None = None, device: torch.device | None = None,
-        on_epoch: Callable[[dict], None] | None = None, progress: bool = True) -> ErcModel:
+        on_epoch: Callable[[dict], None] | None = None, progress: bool = True,
+        views: dict[str, tuple] | None = None) -> ErcModel:
     """Train ``model`` (from :func:`new_model`) on ``train``, selecting on ``valid``; returns it, in eval mode.
 
     Encoders (``text: finetuned``) are copied from ``encoders_from`` when given (the pipeline's
     ``text_encoder`` stage), else trained here. The head is then trained on cached features and,
-    with fine-tuned text, on each train row's out-of-fold encoder vector.
+    with fine-tuned text, on each train row's out-of-fold encoder vector. ``views`` may hold
+    :func:`text_views` of ``"train"`` and ``"valid"`` already computed with these encoders (a
+    benchmark sweeping heads over one set of encoders computes them once).
     """
     device = device or select_device(params.train.device)
     labels = model.labels
@@ -604,14 +610,14 @@ def fit(model: ErcModel, train: pd.DataFrame, valid: pd.DataFrame, train_feature
         set_cpu_threads(params.train.threads)
         seed_everything(params.train.seed)
         histories += _fit_head(model, train, valid, train_features, valid_features, params, device, on_epoch,
-                               progress)
+                               progress, views or {})
     model.info["history"] = histories
     return model.eval()
 
 
 def _fit_head(model: ErcModel, train: pd.DataFrame, valid: pd.DataFrame, train_features: Any, valid_features: Any,
               params: Params, device: torch.device, on_epoch: Callable[[dict], None] | None,
-              progress: bool) -> list[dict[str, Any]]:
+              progress: bool, views: dict[str, tuple]) -> list[dict[str, Any]]:
     objective = ObjectiveConfig(**model.meta["objective"])
     config, labels = model.config.head, model.labels
     train_arrays, train_mask = _feature_arrays(model, train, train_features)
@@ -619,10 +625,10 @@ def _fit_head(model: ErcModel, train: pd.DataFrame, valid: pd.DataFrame, train_f
     eval_batch = params.train.eval_batch_size
     valid_views = None
     if model.config.text == "finetuned":
-        _lg, pooled, allowed = text_views(model, train, eval_batch, device)
+        _lg, pooled, allowed = views.get("train") or text_views(model, train, eval_batch, device)
         view = allowed.argmax(0)  # the first encoder that never saw the row's dialogue
         train_arrays["text"] = np.stack(pooled)[view, np.arange(len(train))]
-        _lg, valid_views, valid_allowed = text_views(model, valid, eval_batch, device)
+        _lg, valid_views, valid_allowed = views.get("valid") or text_views(model, valid, eval_batch, device)
     train_inputs = head_inputs(train, train_arrays, train_mask, config)
     valid_base = head_inputs(valid, {**valid_arrays, **({"text": valid_views[0]} if valid_views else {})},
                              valid_mask, config)

@@ -1,0 +1,261 @@
+"""Benchmark: the fine-tuned text model and the headline model with dialogue context on real MELD text.
+
+Protocol (the pipeline's, for a folder with only MELD's train and dev CSVs): a seeded 10 % of
+train *dialogues* (seed 42) is held out as valid and selects every model; dev is the test split
+and is only reported. Audio and video are absent (text-only CSVs): the multimodal heads see the
+audio/visual modalities masked, as the pipeline does on such data.
+
+Per seed, the text encoders are fine-tuned once (``text_encoder`` params of params.yaml, through
+the library's ``ErcModel.fit``), then every head variant is fitted on their vectors:
+
+  * majority class;
+  * ``text_finetune`` - the cross-fitted encoders' own classifiers, probabilities averaged;
+  * ``final`` variants - the ``final`` objective of params.yaml with ``dialogue`` none (one head per
+    utterance), ``past`` or ``bidirectional``, and ablations (no triplet term, concat fusion).
+
+The table gives dev weighted-F1, accuracy, macro-F1, per-class F1 and train minutes (the encoders'
+minutes are counted in every row that uses them) per seed, then the mean over the seeds.
+
+Usage (from the repo root):
+  .venv/bin/python benchmarks/meld_erc.py --out /tmp/meld_erc --seeds 42 43
+  ... --quick                        # a few hundred rows, 1 epoch: a smoke run in minutes
+  ... --set text_encoder.epochs=5    # any params.yaml override (repeatable)
+Encoders and their text vectors are cached under --out/seed<N>/, so a second run only fits heads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from hlm12erc.config import ObjectiveConfig, Params, load_params, params_from_dict  # noqa: E402
+from hlm12erc.data import meld  # noqa: E402
+from hlm12erc.features.store import FeatureSet  # noqa: E402
+from hlm12erc.models.erc import ErcModel  # noqa: E402
+from hlm12erc.training import trainer  # noqa: E402
+from hlm12erc.training.metrics import compute_metrics  # noqa: E402
+
+DEFAULT_DATA = REPO.parent / "shared" / "meld-text"
+MEDIA_DIMS = {"audio": 16, "visual": 16}  # absent in every row: the width only sizes a masked projection
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def load_splits(data: Path, quick: bool) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    train_csv, dev_csv = data / "train_sent_emo.csv", data / "dev_sent_emo.csv"
+    missing = [str(p) for p in (train_csv, dev_csv) if not p.exists()]
+    if missing:
+        raise SystemExit(f"error: MELD text CSVs not found: {missing}; pass --data pointing at a folder with "
+                         f"train_sent_emo.csv and dev_sent_emo.csv (default {DEFAULT_DATA})")
+    full = meld.to_table(meld.read_meld_csv(train_csv), "train", "train")
+    held = meld.holdout_dialogues(full, 0.1, seed=42)  # the protocol's split: fixed, whatever --seeds
+    train, valid = full[~held].reset_index(drop=True), full[held].reset_index(drop=True)
+    valid["split"] = "valid"
+    dev = meld.to_table(meld.read_meld_csv(dev_csv), "test", "dev")
+    if quick:
+        train, valid, dev = (trainer._subset(t, n, 0).reset_index(drop=True)
+                             for t, n in ((train, 400), (valid, 150), (dev, 200)))
+    return train, valid, dev
+
+
+def absent_media(table: pd.DataFrame) -> FeatureSet:
+    """What featurize gives a text-only table: text present, audio/visual zero and masked."""
+    n = len(table)
+    arrays = {"text": np.zeros((n, 1), np.float32), **{m: np.zeros((n, d), np.float32) for m, d in MEDIA_DIMS.items()}}
+    mask = np.zeros((n, 3), dtype=bool)
+    mask[:, 0] = [bool(str(t).strip()) for t in table["x_text"]]
+    index = table[["clip_id", "label", "dialogue", "sequence"]].astype({"clip_id": str})
+    return FeatureSet(arrays, mask, np.zeros(n, dtype=bool), index)
+
+
+def row(name: str, seed: int, dev: pd.DataFrame, probs: np.ndarray, labels: list[str], minutes: float) -> dict:
+    predicted = [labels[i] for i in probs.argmax(1)]
+    metrics = compute_metrics(dev["label"].astype(str).tolist(), predicted, labels)
+    return {"name": name, "seed": seed, "weighted_f1": metrics["weighted_f1"], "accuracy": metrics["accuracy"],
+            "macro_f1": metrics["macro_f1"], "per_class_f1": {k: v["f1"] for k, v in metrics["per_class"].items()},
+            "train_minutes": minutes}
+
+
+def encoders_for(seed: int, params: Params, train: pd.DataFrame, valid: pd.DataFrame, out: Path) -> tuple[ErcModel, float]:
+    """The seed's cross-fitted encoders, fitted once and cached in ``out``."""
+    folder, record = out / "text_encoder", out / "text_encoder.json"
+    if (folder / "config.json").exists() and record.exists():
+        return ErcModel.load(folder), json.loads(record.read_text())["train_minutes"]
+    objective = ObjectiveConfig(name="text_finetune", text="finetuned", fusion="none")
+    model = trainer.new_model(objective, params)
+    started = time.perf_counter()
+
+    def on_epoch(r: dict) -> None:
+        log(f"seed {seed} {r['part']} epoch {r['epoch']}: train loss {r['train_loss']:.4f}, valid weighted-F1 "
+            f"{r['valid_weighted_f1']:.4f} (macro {r['valid_macro_f1']:.4f})")
+
+    model.fit(train, valid, None, None, params, on_epoch=on_epoch)
+    minutes = (time.perf_counter() - started) / 60
+    history = model.info.pop("history")
+    model.save(folder)
+    pd.DataFrame(history).to_csv(out / "encoder_history.csv", index=False, float_format="%.6f")
+    record.write_text(json.dumps({"train_minutes": minutes, "info": model.info}, indent=1, default=str))
+    return model, minutes
+
+
+def views_for(model: ErcModel, tables: dict[str, pd.DataFrame], out: Path) -> dict[str, tuple]:
+    """``trainer.text_views`` of each table, cached in ``out``."""
+    views = {}
+    for name, table in tables.items():
+        path = out / f"views_{name}.npz"
+        if not path.exists():
+            logits, pooled, allowed = trainer.text_views(model, table, 64, trainer.select_device("auto"))
+            np.savez(path, logits=np.stack(logits), pooled=np.stack(pooled), allowed=allowed)
+        saved = np.load(path)
+        views[name] = (list(saved["logits"]), list(saved["pooled"]), saved["allowed"])
+    return views
+
+
+def variants(params: Params) -> list[tuple[str, ObjectiveConfig]]:
+    final = params.objectives["final"]
+    return [
+        ("final, fine-tuned text, no dialogue context", replace(final, dialogue="none")),
+        ("final + past-only dialogue context", replace(final, dialogue="past")),
+        ("final + bidirectional dialogue context", replace(final, dialogue="bidirectional")),
+        ("  ablation: bidirectional, no triplet term", replace(final, dialogue="bidirectional", aux_loss="none",
+                                                                aux_weight=0.0)),
+        ("  ablation: bidirectional, concat fusion", replace(final, dialogue="bidirectional", fusion="concat")),
+        ("  ablation: bidirectional, 2 dialogue layers", replace(final, dialogue="bidirectional", dialogue_layers=2)),
+    ]
+
+
+def run_seed(seed: int, params: Params, train: pd.DataFrame, valid: pd.DataFrame, dev: pd.DataFrame,
+             out: Path, only: list[str] | None) -> list[dict]:
+    out.mkdir(parents=True, exist_ok=True)
+    params = replace(params, train=replace(params.train, seed=seed))
+    labels = list(params.labels)
+    encoders, encoder_minutes = encoders_for(seed, params, train, valid, out)
+    log(f"seed {seed}: encoders ready ({encoder_minutes:.1f} min); text vectors ...")
+    views = views_for(encoders, {"train": train, "valid": valid, "dev": dev}, out)
+    logits, _pooled, allowed = views["dev"]
+    text_probs = trainer._average([trainer._softmax(lg) for lg in logits], allowed)
+    rows = [row("text_finetune (cross-fitted encoders averaged)", seed, dev, text_probs, labels, encoder_minutes)]
+    log(f"seed {seed}: text_finetune dev weighted-F1 {rows[-1]['weighted_f1']:.4f}")
+    features = {name: absent_media(t) for name, t in (("train", train), ("valid", valid), ("dev", dev))}
+    for name, objective in variants(params):
+        if only and not any(key in name for key in only):
+            continue
+        started = time.perf_counter()
+        model = trainer.new_model(objective, params, {"text": 1, **MEDIA_DIMS})
+        model.fit(train, valid, features["train"], features["valid"], params, encoders_from=encoders,
+                  progress=False, views={"train": views["train"], "valid": views["valid"]})
+        head_minutes = (time.perf_counter() - started) / 60
+        probs = dev_probs(model, dev, features["dev"], views["dev"])
+        rows.append(row(name, seed, dev, probs, labels, encoder_minutes + head_minutes))
+        log(f"seed {seed}: {name}: dev weighted-F1 {rows[-1]['weighted_f1']:.4f} (macro {rows[-1]['macro_f1']:.4f}); "
+            f"valid {model.info['best_valid_weighted_f1']:.4f} at head epoch {model.info['head']['best_epoch']}; "
+            f"head {head_minutes:.1f} min")
+    return rows
+
+
+def dev_probs(model: ErcModel, dev: pd.DataFrame, features: FeatureSet, views: tuple) -> np.ndarray:
+    """``model.predict_proba`` on dev, with the cached text vectors (the same arithmetic as the library's path)."""
+    _logits, pooled, allowed = views
+    arrays, mask = trainer._feature_arrays(model, dev, features)
+    base = trainer.head_inputs(dev, arrays, mask, model.config.head)
+    device = trainer.select_device("auto")
+    probs = [trainer._softmax(trainer.head_logits(model.head.to(device), base.with_text(p), 256, device))
+             for p in pooled]
+    return trainer._average(probs, allowed)
+
+
+def table_markdown(rows: list[dict], labels: list[str]) -> str:
+    head = ["model", "seeds", "weighted-F1", "accuracy", "macro-F1", *labels, "train min"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" + "---:|" * (len(head) - 1)]
+    for name in dict.fromkeys(r["name"] for r in rows):
+        group = [r for r in rows if r["name"] == name]
+        mean = {k: float(np.mean([r[k] for r in group])) for k in ("weighted_f1", "accuracy", "macro_f1",
+                                                                   "train_minutes")}
+        seeds = "/".join(str(r["seed"]) for r in group)
+        spread = f" ± {np.std([r['weighted_f1'] for r in group]):.3f}" if len(group) > 1 else ""
+        lines.append("| " + " | ".join([
+            name.strip(), seeds, f"{mean['weighted_f1']:.3f}{spread}", f"{mean['accuracy']:.3f}",
+            f"{mean['macro_f1']:.3f}", *(f"{np.mean([r['per_class_f1'][c] for r in group]):.3f}" for c in labels),
+            f"{mean['train_minutes']:.1f}"]) + " |")
+    return "\n".join(lines)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``a.b=value`` items as a nested mapping (values parsed as YAML, numbers first)."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"error: --set wants key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):
+            for cast in (int, float):
+                try:
+                    parsed = cast(parsed)
+                    break
+                except ValueError:
+                    continue
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = parsed
+    return out
+
+
+def merged(base: dict, over: dict) -> dict:
+    return {**base, **{k: merged(base.get(k, {}), v) if isinstance(v, dict) else v for k, v in over.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with MELD train/dev CSVs")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the cache, table.md and results.json")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43])
+    parser.add_argument("--quick", action="store_true", help="a few hundred rows, 1 encoder epoch (smoke run)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="params.yaml override, repeatable (e.g. --set text_encoder.epochs=5)")
+    parser.add_argument("--only", nargs="*", default=None, help="fit only the variants whose name contains one of these")
+    args = parser.parse_args(argv)
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    overrides = parse_overrides(args.overrides)
+    if args.quick:
+        overrides = merged({"text_encoder": {"epochs": 1, "min_steps": 0}, "train": {"epochs": 3}}, overrides)
+    params = params_from_dict(merged(raw, overrides)) if overrides else load_params(REPO / "params.yaml")
+    train, valid, dev = load_splits(args.data, args.quick)
+    log(f"train {len(train)} rows / {train['dialogue'].nunique()} dialogues, valid {len(valid)}, dev {len(dev)}; "
+        f"text_encoder {asdict(params.text_encoder)}")
+    majority = train["label"].value_counts().idxmax()
+    rows = [row("majority class", 0, dev, np.eye(len(params.labels))[[params.labels.index(majority)] * len(dev)],
+                list(params.labels), 0.0)]
+    for seed in args.seeds:
+        rows += run_seed(seed, params, train, valid, dev, args.out / f"seed{seed}", args.only)
+        table = table_markdown(rows, list(params.labels))
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "table.md").write_text(table + "\n", encoding="utf-8")
+        (args.out / "results.json").write_text(json.dumps({"quick": args.quick, "rows": rows, "overrides": overrides},
+                                                          indent=1), encoding="utf-8")
+    print("\n" + table_markdown(rows, list(params.labels)) + "\n", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
