@@ -1,4 +1,6 @@
-"""The model-side stage scripts end to end on synthetic tables: featurize -> train -> evaluate -> report."""
+"""The model-side stage scripts end to end on synthetic tables: featurize -> text_encoder -> train -> evaluate -> report.
+
+The fine-tuned text encoders are a tiny random BERT (tests/finetune_support.save_tiny_bert), one epoch each."""
 
 import importlib.util
 import json
@@ -26,8 +28,14 @@ def script(name: str):
 
 @pytest.fixture(scope="module")
 def fast_params(tmp_path_factory) -> Path:
+    from finetune_support import save_tiny_bert
+
+    from hlm12erc.models.erc import default_model_path, load_tokenizer
+
+    tiny = save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), load_tokenizer(default_model_path()))
     raw = yaml.safe_load(PARAMS_FILE.read_text())
     raw["train"].update(epochs=3, patience=2, device="cpu")
+    raw["text_encoder"].update(model_path=tiny, epochs=1, min_steps=0, max_tokens=32, batch_size=8, folds=2)
     path = tmp_path_factory.mktemp("params") / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -38,16 +46,32 @@ def test_stages_end_to_end(erc_tables, fast_params, erc_mlflow_uri, tmp_path, ca
     assert script("featurize").main(["--params", str(fast_params), "--tables", str(erc_tables),
                                      "--out", str(features)]) == 0
     assert {p.name for p in features.iterdir()} == {"train", "valid", "test", "sample"}
+    encoders = tmp_path / "models" / "text_encoder"
+    assert script("text_encoder").main(["--params", str(fast_params), "--tables", str(erc_tables), "--out",
+                                        str(encoders), "--plots", str(tmp_path / "plots" / "text_encoder")]) == 0
+    assert sorted(p.name for p in encoders.glob("encoder_*.pt")) == ["encoder_0.pt", "encoder_1.pt"]
+    encoder_history = pd.read_csv(tmp_path / "plots" / "text_encoder" / "history.csv")
+    assert encoder_history["part"].tolist() == ["encoder0", "encoder1"]
     for name in ("mock", "final"):
         model, plots = tmp_path / "models" / name, tmp_path / "plots" / name
         assert script("train").main(["--params", str(fast_params), "--objective", name, "--tables", str(erc_tables),
-                                     "--features", str(features), "--out", str(model), "--plots", str(plots)]) == 0
+                                     "--features", str(features), "--encoders", str(encoders), "--out", str(model),
+                                     "--plots", str(plots)]) == 0
         config = json.loads((model / "config.json").read_text())
-        assert config["objective"]["name"] == name and config["model"]["labels"] == ERC_LABELS
-        assert config["feature_dims"]["text"] == 768 and (model / "model.pt").is_file()
+        assert config["format"] == 2 and config["objective"]["name"] == name
+        assert config["model"]["labels"] == ERC_LABELS and (model / "head.pt").is_file()
+        # mock reads the cached 768-d frozen text features; final the 32-wide tiny encoders' vectors
+        assert config["model"]["head"]["input_dims"]["text"] == (768 if name == "mock" else 32)
+        assert len(list(model.glob("encoder_*.pt"))) == (0 if name == "mock" else 2)
+        if name == "final":  # the text_encoder stage's encoders, not new ones
+            assert config["encoder_dialogues"] == json.loads((encoders / "config.json").read_text())[
+                "encoder_dialogues"]
+            for k in (0, 1):
+                assert (model / f"encoder_{k}.pt").read_bytes() == (encoders / f"encoder_{k}.pt").read_bytes()
         history = pd.read_csv(plots / "history.csv")
-        assert history.columns.tolist() == ["epoch", "train_loss", "valid_loss", "valid_accuracy",
-                                            "valid_weighted_f1"]
+        assert history.columns.tolist() == ["part", "epoch", "train_loss", "valid_loss", "valid_accuracy",
+                                            "valid_weighted_f1", "valid_macro_f1"]
+        assert set(history["part"]) == {"head"}
         assert 1 <= len(history) <= (2 if name == "mock" else 3)  # mock: objective.epochs=2
         metrics_path = tmp_path / "metrics" / f"{name}.json"
         assert script("evaluate").main(["--params", str(fast_params), "--model", str(model), "--tables",
@@ -77,14 +101,17 @@ def test_stages_end_to_end(erc_tables, fast_params, erc_mlflow_uri, tmp_path, ca
     assert table.columns.tolist() == ["objective", "modalities", "fusion", "loss", "accuracy", "weighted_f1",
                                       "macro_f1"]
     assert table["objective"].tolist() == ["mock", "final"]
-    assert table.loc[1, "loss"] == "weighted_ce + 0.1 triplet" and table.loc[1, "fusion"] == "attention"
+    assert table.loc[1, "loss"] == "weighted_ce + 0.1 triplet"
+    assert table.loc[1, "fusion"] == "attention + bidirectional dialogue"
+    assert table.loc[1, "modalities"] == "fine-tuned text+audio+visual" and table.loc[0, "modalities"] == "text"
     assert md.read_text().startswith("| objective | modalities |") and png.stat().st_size > 1000
 
     from mlflow.tracking import MlflowClient
 
     from hlm12erc import tracking
     runs = MlflowClient(erc_mlflow_uri).search_runs([tracking.ensure_store()])
-    assert sorted(r.info.run_name for r in runs) == ["evaluate-final", "evaluate-mock", "train-final", "train-mock"]
+    assert sorted(r.info.run_name for r in runs) == ["evaluate-final", "evaluate-mock", "train-final", "train-mock",
+                                                     "train-text_encoder"]
     assert all(r.info.status == "FINISHED" for r in runs)
 
 
@@ -126,31 +153,37 @@ def test_featurize_rejects_a_label_outside_the_set(erc_tables, tmp_path):
 
 def test_finetune_objective_trains_and_evaluates_through_the_stage_scripts(erc_tables, fast_params, erc_mlflow_uri,
                                                                           tmp_path):
-    """kind=finetune goes through the same train/evaluate scripts, metrics JSON and MLflow runs."""
+    """text_finetune (fusion: none) reads the text_encoder stage's encoders through the same train/evaluate
+    scripts, metrics JSON and MLflow runs; without --encoders it fine-tunes its own."""
     import mlflow
 
-    raw = yaml.safe_load(fast_params.read_text())
-    raw["objectives"]["text_finetune"]["finetune"].update(epochs=1, max_tokens=32, batch_size=8)
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(raw))
+    encoders = tmp_path / "models" / "text_encoder"
+    assert script("text_encoder").main(["--params", str(fast_params), "--tables", str(erc_tables), "--out",
+                                        str(encoders), "--plots", str(tmp_path / "plots" / "text_encoder")]) == 0
     model, plots = tmp_path / "models" / "tf", tmp_path / "plots" / "tf"
-    assert script("train").main(["--params", str(params), "--objective", "text_finetune", "--tables",
-                                 str(erc_tables), "--features", str(tmp_path / "unused"), "--out", str(model),
-                                 "--plots", str(plots)]) == 0
+    assert script("train").main(["--params", str(fast_params), "--objective", "text_finetune", "--tables",
+                                 str(erc_tables), "--features", str(tmp_path / "unused"), "--encoders", str(encoders),
+                                 "--out", str(model), "--plots", str(plots)]) == 0
     config = json.loads((model / "config.json").read_text())
-    assert config["kind"] == "finetune" and config["objective"]["name"] == "text_finetune"
-    assert pd.read_csv(plots / "history.csv")["epoch"].tolist() == [1]
+    assert config["model"]["head"] is None and config["objective"]["name"] == "text_finetune"
+    assert not (model / "head.pt").exists() and len(list(model.glob("encoder_*.pt"))) == 2
+    assert pd.read_csv(plots / "history.csv").empty  # nothing trained here: the encoders came trained
     metrics_path = tmp_path / "metrics" / "tf.json"
-    assert script("evaluate").main(["--params", str(params), "--model", str(model), "--tables", str(erc_tables),
+    assert script("evaluate").main(["--params", str(fast_params), "--model", str(model), "--tables", str(erc_tables),
                                     "--features", str(tmp_path / "unused"), "--split", "test",
                                     "--metrics", str(metrics_path), "--plots", str(plots)]) == 0
     metrics = json.loads(metrics_path.read_text())
     assert metrics["objective"] == "text_finetune" and metrics["n"] == 14
     predictions = pd.read_csv(plots / "predictions.csv")
     assert predictions[[f"p_{label}" for label in ERC_LABELS]].sum(axis=1).round(4).eq(1.0).all()
+    own, own_plots = tmp_path / "models" / "own", tmp_path / "plots" / "own"
+    assert script("train").main(["--params", str(fast_params), "--objective", "text_finetune", "--tables",
+                                 str(erc_tables), "--features", str(tmp_path / "unused"), "--out", str(own),
+                                 "--plots", str(own_plots)]) == 0
+    assert pd.read_csv(own_plots / "history.csv")["part"].tolist() == ["encoder0", "encoder1"]
     mlflow.set_tracking_uri(erc_mlflow_uri)
     runs = mlflow.search_runs(experiment_names=["hlm12erc"])
-    assert {"train-text_finetune", "evaluate-text_finetune"} <= set(runs["tags.mlflow.runName"])
+    assert {"train-text_encoder", "train-text_finetune", "evaluate-text_finetune"} <= set(runs["tags.mlflow.runName"])
 
 
 def test_finetune_objective_must_be_text_only(erc_tables, fast_params, tmp_path, capsys):
