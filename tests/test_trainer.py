@@ -228,3 +228,39 @@ def test_predict_proba_checks_feature_widths(splits, tables):
         model.predict_proba(tables[1], wider, 8)
     with pytest.raises(ConfigError, match="reads cached text features"):
         model.predict_proba(tables[1], None, 8)
+
+
+@pytest.mark.parametrize("dialogue", ["past", "bidirectional"])
+def test_a_dialogue_model_predicts_each_dialogue_on_its_own(dialogue, splits, tables):
+    """ErcModel.predict_proba with dialogue context: a dialogue's probabilities do not depend on the other
+    dialogues of the table (perturbed, dropped) nor on the row order; with ``past`` earlier turns ignore later ones."""
+    objective = ObjectiveConfig(name="t", modalities=["text", "audio", "visual"], fusion="attention", hidden=16,
+                                dialogue=dialogue)
+    model = fit(objective, splits, tables, params_with(replace(FAST, epochs=2)))
+    table, features = tables[1], splits[1]
+    base = model.predict_proba(table, features, batch_size=7)
+    first = np.flatnonzero(table["dialogue"].to_numpy() == table["dialogue"].iloc[0])
+    others = np.setdiff1d(np.arange(len(table)), first)
+    noisy = replace(features, arrays={m: x.copy() for m, x in features.arrays.items()})
+    for x in noisy.arrays.values():
+        x[others] += np.random.default_rng(0).standard_normal(x[others].shape).astype(np.float32)
+    changed = model.predict_proba(table, noisy, batch_size=7)
+    np.testing.assert_allclose(changed[first], base[first], rtol=0, atol=1e-6)
+    assert np.abs(changed[others] - base[others]).max() > 1e-4
+    subset = replace(features, arrays={m: x[first] for m, x in features.arrays.items()}, mask=features.mask[first],
+                     face_found=features.face_found[first], index=features.index.iloc[first])
+    np.testing.assert_allclose(model.predict_proba(table.iloc[first], subset), base[first], rtol=0, atol=1e-6)
+    order = np.random.default_rng(1).permutation(len(table))
+    shuffled = replace(features, arrays={m: x[order] for m, x in features.arrays.items()}, mask=features.mask[order],
+                       face_found=features.face_found[order], index=features.index.iloc[order])
+    np.testing.assert_allclose(model.predict_proba(table.iloc[order], shuffled), base[order], rtol=0, atol=1e-6)
+    last = first[table["sequence"].to_numpy()[first].argmax()]  # the last turn of the first dialogue
+    late = replace(features, arrays={m: x.copy() for m, x in features.arrays.items()})
+    for x in late.arrays.values():
+        x[last] += np.linspace(-2, 2, x.shape[1]).astype(np.float32)
+    moved = np.abs(model.predict_proba(table, late) - base)[first].max(1)
+    earlier = table["sequence"].to_numpy()[first] < table["sequence"].to_numpy()[last]
+    if dialogue == "past":
+        assert moved[earlier].max() < 1e-6 and moved[~earlier].max() > 1e-5
+    else:
+        assert moved[earlier].min() > 1e-7 and moved.max() > 1e-5
