@@ -20,13 +20,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--features", default="data/features")
     parser.add_argument("--encoders", default=None,
                         help="the text_encoder stage's folder (models/text_encoder), read by objectives with "
-                             "text: finetuned; without it such an objective fine-tunes its own encoders")
+                             "text: finetuned; without it such an objective fine-tunes its own encoders (what "
+                             "stage text_encoder does; train.nproc > 1 then re-runs this script under torchrun)")
     parser.add_argument("--out", required=True, help="model folder, e.g. models/NAME")
     parser.add_argument("--plots", required=True, help="plots folder, e.g. plots/NAME")
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params)
-        params.objective(args.objective)  # unknown name: fail before importing torch
+        objective = params.objective(args.objective)  # unknown name: fail before importing torch
+        fine_tunes = objective.text == "finetuned" and not args.encoders
+        if fine_tunes and params.train.nproc > 1 and "LOCAL_RANK" not in os.environ:
+            from hlm12erc.training.distributed import relaunch  # train.nproc: N processes, DDP
+
+            return relaunch(params.train.nproc, __file__, sys.argv[1:] if argv is None else argv)
         from hlm12erc.training.stages import train_stage
 
         summary = train_stage(params, args.objective, args.tables, args.features, args.out, args.plots,
@@ -34,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, FileNotFoundError, ImportError, ValueError) as error:
         print(f"train: {error}", file=sys.stderr)
         return 2
+    if not summary["main"]:
+        return 0  # under torchrun, rank 0 reports
     print(f"train {summary['objective']}: best valid weighted-F1 {summary['best_valid_weighted_f1']:.4f} "
           f"at epoch {summary['best_epoch']} ({summary['epochs_run']} epochs run) -> {args.out}")
     return 0

@@ -64,36 +64,6 @@ def _write_history(history: list[dict], path: Path) -> None:
     frame.to_csv(path, index=False, float_format="%.6f")
 
 
-def text_encoder_stage(params: Params, tables_dir: str | Path, out_dir: str | Path, plots_dir: str | Path,
-                       progress: bool = True) -> dict:
-    """Fine-tune the cross-fitted text encoders once, for every objective with ``text: finetuned``.
-
-    Under torchrun every rank trains; only rank 0 opens the MLflow run and writes the outputs.
-    """
-    from hlm12erc.training.distributed import is_main_process
-
-    train, valid = _load_tables(tables_dir, ["train", "valid"], params.labels)
-    objective = ObjectiveConfig(name="text_encoder", text="finetuned", fusion="none")
-    model = new_model(objective, params)
-    main = is_main_process()
-    logged = {"text_encoder": asdict(params.text_encoder), "labels": params.labels, "seed": params.train.seed,
-              "nproc": params.train.nproc}
-    with tracking.start_run("train", "text_encoder", logged) if main else contextlib.nullcontext():
-        model.fit(train, valid, None, None, params, device=select_device(params.train.device),
-                  on_epoch=_log_epoch if main else None, progress=progress)
-        if main:
-            _write_history(model.info.pop("history"), Path(plots_dir) / "history.csv")
-            model.save(out_dir)
-            tracking.log_metrics({f"{part}_best_valid_weighted_f1": info["best_valid_weighted_f1"]
-                                  for part, info in model.info.items() if isinstance(info, dict)})
-            tracking.log_artifact(Path(plots_dir) / "history.csv")
-    return {"objective": "text_encoder", "main": main,
-            "best_valid_weighted_f1": max(i["best_valid_weighted_f1"] for i in model.info.values()
-                                          if isinstance(i, dict)),
-            "best_epoch": [i["best_epoch"] for i in model.info.values() if isinstance(i, dict)],
-            "epochs_run": len(model.encoders)}
-
-
 def _log_epoch(row: dict) -> None:
     part = row["part"]
     tracking.log_metrics({f"{part}_{k}": v for k, v in row.items() if k not in ("part", "epoch")},
@@ -103,7 +73,14 @@ def _log_epoch(row: dict) -> None:
 def train_stage(params: Params, objective_name: str, tables_dir: str | Path, features_dir: str | Path,
                 out_dir: str | Path, plots_dir: str | Path, encoders_dir: str | Path | None = None,
                 progress: bool = True) -> dict:
-    """Train one objective; write its model folder and history.csv; log one MLflow run."""
+    """Train one objective; write its model folder and history.csv; log one MLflow run.
+
+    An objective with ``text: finetuned`` copies the encoders of ``encoders_dir`` (stage
+    ``text_encoder``), or without it fine-tunes its own: that is what stage ``text_encoder`` runs.
+    Under torchrun every rank trains; only rank 0 opens the MLflow run and writes the outputs.
+    """
+    from hlm12erc.training.distributed import is_main_process
+
     objective = params.objective(objective_name)
     train, valid = _load_tables(tables_dir, [objective.train_table, "valid"], params.labels)
     dims = load_split(features_dir, tables_dir, objective.train_table).dims if objective.fusion != "none" else {}
@@ -112,21 +89,26 @@ def train_stage(params: Params, objective_name: str, tables_dir: str | Path, fea
     valid_set = _features_or_none(model, features_dir, tables_dir, "valid")
     encoders = ErcModel.load(encoders_dir) if model.config.encoder is not None and encoders_dir else None
     device = select_device(params.train.device)
-    logged = {"objective": asdict(objective), "train": asdict(params.train),
-              "features": asdict(params.features), "labels": params.labels, "device": str(device)}
-    with tracking.start_run("train", objective.name, logged):
+    main = is_main_process()
+    logged = {"objective": asdict(objective), "train": asdict(params.train), "labels": params.labels,
+              "features": asdict(params.features), "device": str(device),
+              **({"text_encoder": asdict(params.text_encoder)} if model.config.encoder else {})}
+    with tracking.start_run("train", objective.name, logged) if main else contextlib.nullcontext():
         model.fit(train, valid, train_set, valid_set, params, encoders_from=encoders, device=device,
-                  on_epoch=_log_epoch, progress=progress)
-        _write_history(model.info.pop("history"), Path(plots_dir) / "history.csv")
-        model.save(out_dir)
-        best = model.info.get("best_valid_weighted_f1") or max(
-            i["best_valid_weighted_f1"] for i in model.info.values() if isinstance(i, dict))
-        tracking.log_metrics({"best_valid_weighted_f1": best})
-        tracking.log_artifacts(out_dir, "model")
-        tracking.log_artifact(Path(plots_dir) / "history.csv")
-    part = model.info.get("head") or {}
-    return {"objective": objective.name, "best_valid_weighted_f1": best, "best_epoch": part.get("best_epoch", "-"),
-            "epochs_run": len(pd.read_csv(Path(plots_dir) / "history.csv"))}
+                  on_epoch=_log_epoch if main else None, progress=progress)
+        history = model.info.pop("history")
+        parts = {k: v for k, v in model.info.items() if isinstance(v, dict)}
+        best = model.info.get("best_valid_weighted_f1") or max(v["best_valid_weighted_f1"] for v in parts.values())
+        if main:
+            _write_history(history, Path(plots_dir) / "history.csv")
+            model.save(out_dir)
+            tracking.log_metrics({"best_valid_weighted_f1": best,
+                                  **{f"{k}_best_valid_weighted_f1": v["best_valid_weighted_f1"]
+                                     for k, v in parts.items()}})
+            tracking.log_artifacts(out_dir, "model")
+            tracking.log_artifact(Path(plots_dir) / "history.csv")
+    return {"objective": objective.name, "main": main, "best_valid_weighted_f1": best,
+            "best_epoch": {k: v["best_epoch"] for k, v in parts.items()}, "epochs_run": len(history)}
 
 
 def evaluate_stage(params: Params, model_dir: str | Path, tables_dir: str | Path, features_dir: str | Path,
