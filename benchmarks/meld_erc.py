@@ -9,9 +9,9 @@ Per seed, the text encoders are fine-tuned once (``text_encoder`` params of para
 the library's ``ErcModel.fit``), then every head variant is fitted on their vectors:
 
   * majority class;
-  * ``text_finetune`` - the cross-fitted encoders' own classifiers, probabilities averaged;
+  * ``text_finetune`` - the encoders' own classifiers (probabilities averaged when ``folds`` > 1);
   * ``final`` variants - the ``final`` objective of params.yaml with ``dialogue`` none (one head per
-    utterance), ``past`` or ``bidirectional``, and ablations (no triplet term, concat fusion).
+    utterance), ``past`` or ``bidirectional``, and ablations (not residual, no triplet term, 2 layers).
 
 The table gives dev weighted-F1, accuracy, macro-F1, per-class F1 and train minutes (the encoders'
 minutes are counted in every row that uses them) per seed, then the mean over the seeds.
@@ -134,9 +134,9 @@ def variants(params: Params) -> list[tuple[str, ObjectiveConfig]]:
         ("final, fine-tuned text, no dialogue context", replace(final, dialogue="none")),
         ("final + past-only dialogue context", replace(final, dialogue="past")),
         ("final + bidirectional dialogue context", replace(final, dialogue="bidirectional")),
+        ("  ablation: bidirectional, not residual", replace(final, dialogue="bidirectional", residual=False)),
         ("  ablation: bidirectional, no triplet term", replace(final, dialogue="bidirectional", aux_loss="none",
                                                                 aux_weight=0.0)),
-        ("  ablation: bidirectional, concat fusion", replace(final, dialogue="bidirectional", fusion="concat")),
         ("  ablation: bidirectional, 2 dialogue layers", replace(final, dialogue="bidirectional", dialogue_layers=2)),
     ]
 
@@ -151,7 +151,8 @@ def run_seed(seed: int, params: Params, train: pd.DataFrame, valid: pd.DataFrame
     views = views_for(encoders, {"train": train, "valid": valid, "dev": dev}, out)
     logits, _pooled, allowed = views["dev"]
     text_probs = trainer._average([trainer._softmax(lg) for lg in logits], allowed)
-    rows = [row("text_finetune (cross-fitted encoders averaged)", seed, dev, text_probs, labels, encoder_minutes)]
+    rows = [row(f"text_finetune ({params.text_encoder.folds} encoder(s))", seed, dev, text_probs, labels,
+                encoder_minutes)]
     log(f"seed {seed}: text_finetune dev weighted-F1 {rows[-1]['weighted_f1']:.4f}")
     features = {name: absent_media(t) for name, t in (("train", train), ("valid", valid), ("dev", dev))}
     for name, objective in variants(params):
@@ -172,12 +173,12 @@ def run_seed(seed: int, params: Params, train: pd.DataFrame, valid: pd.DataFrame
 
 def dev_probs(model: ErcModel, dev: pd.DataFrame, features: FeatureSet, views: tuple) -> np.ndarray:
     """``model.predict_proba`` on dev, with the cached text vectors (the same arithmetic as the library's path)."""
-    _logits, pooled, allowed = views
+    logits, pooled, allowed = views
     arrays, mask = trainer._feature_arrays(model, dev, features)
     base = trainer.head_inputs(dev, arrays, mask, model.config.head)
     device = trainer.select_device("auto")
-    probs = [trainer._softmax(trainer.head_logits(model.head.to(device), base.with_text(p), 256, device))
-             for p in pooled]
+    probs = [trainer._softmax(trainer.head_logits(model.head.to(device), base.with_text(p, lg), 256, device))
+             for p, lg in zip(pooled, logits)]
     return trainer._average(probs, allowed)
 
 

@@ -119,7 +119,7 @@ class TextEncoderParams:
     fusion head can read every train utterance through an encoder that never saw it.
     """
 
-    folds: int = 2  # cross-fitting folds (= encoders); 1 = one encoder on all train dialogues
+    folds: int = 1  # encoders; > 1 = cross-fitting (each encoder trained on the other folds' dialogues)
     model_path: str = ""  # "" = the bundled all-MiniLM-L6-v2
     max_tokens: int = 128  # whole pair incl. [CLS]/[SEP]; only the context side is ever truncated
     past_turns: int = 3  # previous turns as context, "Speaker: text" each
@@ -130,7 +130,8 @@ class TextEncoderParams:
     head_lr: float = 1e-3  # the fresh linear classifier
     warmup_ratio: float = 0.1  # linear warm-up over this share of the steps, then linear decay to 0
     epochs: int = 4
-    min_steps: int = 0  # at least this many optimiser steps (more epochs on a small corpus such as the demo)
+    min_steps: int = 0  # at least this many optimiser steps before early stopping (more epochs on a small
+                        # corpus such as the demo)
     batch_size: int = 32
     grad_accum: int = 1
     weight_decay: float = 0.01
@@ -156,6 +157,7 @@ class ObjectiveConfig:
     hidden: int = 128  # projection width; 0 = linear model on the concatenated features
     dialogue: str = "none"  # none | past | bidirectional: a transformer over each dialogue's utterances
     dialogue_layers: int = 1
+    residual: bool = False  # text: finetuned: add the head's logits to the text classifier's (zero start)
     loss: str = "ce"  # ce | weighted_ce | focal | dice
     class_weight_power: float = 1.0  # weighted_ce/focal: inverse class frequency ** power
     label_smoothing: float = 0.0
@@ -247,6 +249,9 @@ def _check_objective(name: str, objective: ObjectiveConfig) -> None:
     if objective.fusion == "none" and (objective.text != "finetuned" or list(objective.modalities) != ["text"]):
         raise ConfigError(f"params: objectives.{name}: fusion none means the fine-tuned text encoders alone; "
                           "set modalities: [text] and text: finetuned")
+    if objective.residual and objective.text != "finetuned":
+        raise ConfigError(f"params: objectives.{name}.residual adds to the fine-tuned text classifier's logits; "
+                          "set text: finetuned or residual: false")
     unknown = [m for m in objective.modalities if m not in ("text", "audio", "visual")]
     if unknown or not objective.modalities:
         raise ConfigError(f"params: objectives.{name}.modalities={objective.modalities} must be a non-empty "

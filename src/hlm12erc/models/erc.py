@@ -146,6 +146,8 @@ class HeadConfig:
     dialogue_layers: int = 1
     max_speakers: int = 8  # speaker roles per dialogue; later speakers share the last role
     max_turns: int = 64  # learned turn positions; later turns share the last one
+    residual: bool = False  # add the logits to a prior's (the fine-tuned text classifier's); the last layer
+                            # starts at zero, so training starts from that classifier
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.modalities if m not in self.input_dims]
@@ -158,8 +160,8 @@ class HeadConfig:
             raise ValueError(f"hidden={self.hidden} must be a multiple of heads={self.heads}")
         if self.dialogue not in ("none", "past", "bidirectional"):
             raise ValueError(f"dialogue='{self.dialogue}' is not known; use none, past or bidirectional")
-        if self.dialogue != "none" and not self.hidden:
-            raise ValueError("dialogue context needs hidden > 0 (the linear baseline has no utterance vector)")
+        if (self.dialogue != "none" or self.residual) and not self.hidden:
+            raise ValueError("dialogue context and residual heads need hidden > 0 (not the linear baseline)")
 
 
 class Projection(nn.Module):
@@ -263,6 +265,9 @@ class FusionHead(nn.Module):
         width = fused + (hidden if self.context is not None else 0)
         self.head = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Dropout(config.dropout),
                                   nn.Linear(hidden, n_classes))
+        if config.residual:
+            nn.init.zeros_(self.head[-1].weight)
+            nn.init.zeros_(self.head[-1].bias)
 
     @torch.no_grad()
     def set_normalization(self, arrays: dict[str, np.ndarray], present: np.ndarray) -> None:
@@ -277,7 +282,7 @@ class FusionHead(nn.Module):
             getattr(self, f"std_{m}").copy_(torch.as_tensor(np.where(std > 1e-6, std, 1.0)))
 
     def forward(self, features: dict[str, torch.Tensor], mask: torch.Tensor,
-                where: DialogueInputs | None = None) -> ERCOutput:
+                where: DialogueInputs | None = None, prior: torch.Tensor | None = None) -> ERCOutput:
         present = mask.bool()
         weights = present.unsqueeze(-1).float()  # (B, M, 1)
         normalized = [(features[m] - getattr(self, f"mean_{m}")) / getattr(self, f"std_{m}")
@@ -297,7 +302,12 @@ class FusionHead(nn.Module):
             if where is None:
                 raise ValueError("this head reads dialogue context: pass the batch's DialogueInputs")
             fused = torch.cat([fused, self.context(fused, where)], dim=-1)
-        return ERCOutput(self.head(fused), fused)
+        logits = self.head(fused)
+        if self.config.residual:
+            if prior is None:
+                raise ValueError("this head adds to the text classifier's logits: pass them as prior")
+            logits = logits + prior
+        return ERCOutput(logits, fused)
 
 
 # ----------------------------------------------------------------------------- 4. the model

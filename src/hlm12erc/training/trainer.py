@@ -20,7 +20,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -93,10 +93,12 @@ class LoopSettings:
     weight_decay: float = 0.01  # AdamW; never on biases and LayerNorm weights
     schedule: str = "constant"  # constant | linear (warm-up then linear decay to 0 at the last epoch)
     warmup_ratio: float = 0.0
-    min_steps: int = 0  # at least this many optimiser steps: epochs are raised to reach them
+    min_steps: int = 0  # at least this many optimiser steps: epochs are raised to reach them, and early
+                        # stopping waits for them
     grad_accum: int = 1
     max_grad_norm: float = 0.0  # 0 = no clipping
     max_minutes: float | None = None  # no new epoch that would end past this budget
+    start_is_candidate: bool = False  # the untrained module competes as "epoch 0" (it keeps a prior's score)
 
 
 class Task:
@@ -112,10 +114,11 @@ class Task:
         """``(ERCOutput, targets)`` of train rows ``rows``."""
         raise NotImplementedError
 
-    def valid_logits(self, dist: distributed.Dist) -> np.ndarray:
-        raise NotImplementedError
+    valid_y: np.ndarray  # valid class ids
 
-    valid_y: np.ndarray
+    def valid_logits(self, dist: distributed.Dist) -> np.ndarray:
+        """Logits of every valid row (all ranks get all of them)."""
+        raise NotImplementedError
 
     def is_head(self, name: str) -> bool:
         """Parameters trained at ``head_lr`` (the rest at ``lr``)."""
@@ -183,7 +186,11 @@ def train_loop(task: Task, settings: LoopSettings, criterion: Criterion, labels:
     scheduler = _schedule(optimizer, settings, steps_per_epoch * epochs)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
     history: list[dict[str, Any]] = []
-    best_f1, best_epoch, best_state, stale, stopped_by_budget = -1.0, 0, None, 0, False
+    best_f1, best_epoch, stale, stopped_by_budget = -1.0, 0, 0, False
+    best_state = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+    if settings.start_is_candidate:  # epoch 0: a residual head starts exactly at its prior
+        module.eval()
+        best_f1 = scores_from_logits(task.valid_logits(dist), task.valid_y, len(labels))["weighted_f1"]
     started = time.perf_counter()
     bar = tqdm(range(1, epochs + 1), desc=f"train {part}", disable=not progress or not dist.is_main, leave=False)
     for epoch in bar:
@@ -228,7 +235,7 @@ def train_loop(task: Task, settings: LoopSettings, criterion: Criterion, labels:
             stale += 1
         if on_epoch is not None and dist.is_main:
             on_epoch(dict(row))
-        if stale >= settings.patience:
+        if stale >= settings.patience and epoch * steps_per_epoch >= settings.min_steps:
             break
         elapsed = time.perf_counter() - started
         over_budget = settings.max_minutes is not None and epoch < epochs and \
@@ -324,17 +331,20 @@ class HeadInputs:
     dialogue: np.ndarray
     turn: np.ndarray
     speaker: np.ndarray
+    prior: np.ndarray | None = None  # (N, C) the text classifier's logits, for residual heads
 
-    def with_text(self, text: np.ndarray) -> "HeadInputs":
-        return replace(self, arrays={**self.arrays, "text": text})
+    def with_text(self, text: np.ndarray, prior: np.ndarray | None = None) -> "HeadInputs":
+        """The same rows read through one text encoder: its pooled vectors and classifier logits."""
+        return replace(self, arrays={**self.arrays, "text": text}, prior=prior)
 
     def batch(self, rows: np.ndarray, device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor,
-                                                                     DialogueInputs]:
+                                                                     DialogueInputs, torch.Tensor | None]:
         features = {m: torch.as_tensor(x[rows], dtype=torch.float32, device=device) for m, x in self.arrays.items()}
         local = pd.factorize(self.dialogue[rows])[0]
         where = DialogueInputs(torch.as_tensor(local), torch.as_tensor(self.turn[rows]),
                                torch.as_tensor(self.speaker[rows])).to(device)
-        return features, torch.as_tensor(self.mask[rows], device=device), where
+        prior = None if self.prior is None else torch.as_tensor(self.prior[rows], dtype=torch.float32, device=device)
+        return features, torch.as_tensor(self.mask[rows], device=device), where, prior
 
     def dialogue_batches(self, batch_size: int, order: Sequence[int] | None = None) -> list[np.ndarray]:
         """Whole dialogues packed into batches of about ``batch_size`` utterances, turns in order."""
@@ -371,8 +381,7 @@ def head_logits(head: FusionHead, inputs: HeadInputs, batch_size: int, device: t
     else:
         batches = [np.arange(i, min(i + batch_size, len(out))) for i in range(0, len(out), batch_size)]
     for rows in batches:
-        features, mask, where = inputs.batch(rows, device)
-        out[rows] = head(features, mask, where).logits.float().cpu().numpy()
+        out[rows] = head(*inputs.batch(rows, device)).logits.float().cpu().numpy()
     return out
 
 
@@ -393,8 +402,7 @@ class HeadTask(Task):
         return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
     def forward(self, net: nn.Module, rows: np.ndarray, device: torch.device):
-        features, mask, where = self.inputs.batch(rows, device)
-        return net(features, mask, where), torch.as_tensor(self.y[rows], device=device)
+        return net(*self.inputs.batch(rows, device)), torch.as_tensor(self.y[rows], device=device)
 
     def valid_logits(self, dist: distributed.Dist) -> np.ndarray:
         return self.valid_scorer()
@@ -419,11 +427,9 @@ def new_model(objective: ObjectiveConfig, params: Params, feature_dims: dict[str
                                                                              objective.modalities},
                           hidden=objective.hidden, fusion=objective.fusion, heads=objective.heads,
                           dropout=objective.dropout, dialogue=objective.dialogue,
-                          dialogue_layers=objective.dialogue_layers)
+                          dialogue_layers=objective.dialogue_layers, residual=objective.residual)
     config = ModelConfig(labels=list(params.labels), encoder=encoder, folds=enc.folds if needs_encoders else 1,
                          text=objective.text, head=head)
-    from dataclasses import asdict
-
     return ErcModel(config, meta={"objective": asdict(objective), "features": asdict(params.features)})
 
 
@@ -444,7 +450,7 @@ def head_settings(objective: ObjectiveConfig, params: Params) -> LoopSettings:
     train = params.train
     return LoopSettings(epochs=objective.epochs or train.epochs, batch_size=train.batch_size,
                         lr=objective.lr or train.lr, patience=train.patience, seed=train.seed,
-                        weight_decay=train.weight_decay)
+                        weight_decay=train.weight_decay, start_is_candidate=objective.residual)
 
 
 def _subset(table: pd.DataFrame, max_rows: int | None, seed: int) -> pd.DataFrame:
@@ -489,7 +495,7 @@ def fit_encoders(model: ErcModel, train: pd.DataFrame, valid: pd.DataFrame, para
             examples = context.text_pairs(part, tokenizer, cfg.max_tokens, cfg.past_turns, cfg.future_turns)
             task = EncoderTask(encoder, examples, label_ids(part, labels, "train"), valid_examples, valid_y,
                                tokenizer.pad_token_id, enc.eval_batch_size, device)
-            settings = replace(encoder_settings(enc, params.train.seed + k))
+            settings = encoder_settings(enc, params.train.seed + k)
             criterion = Criterion(LossConfig.of(enc), task.y, len(labels))
             result = train_loop(task, settings, criterion, labels, device, dist, f"encoder{k}", on_epoch, progress)
             histories += result.history
@@ -569,8 +575,9 @@ def predict_proba(model: ErcModel, table: pd.DataFrame, features: Any = None, ba
     base = head_inputs(table, arrays, mask, model.config.head)
     if views is None or model.config.text != "finetuned":
         return _softmax(head_logits(model.head, base, batch_size, device)).astype(np.float32)
-    _logits, pooled, allowed = views
-    probs = [_softmax(head_logits(model.head, base.with_text(p), batch_size, device)) for p in pooled]
+    logits, pooled, allowed = views
+    probs = [_softmax(head_logits(model.head, base.with_text(p, lg), batch_size, device))
+             for p, lg in zip(pooled, logits)]
     return _average(probs, allowed).astype(np.float32)
 
 
@@ -623,13 +630,16 @@ def _fit_head(model: ErcModel, train: pd.DataFrame, valid: pd.DataFrame, train_f
     train_arrays, train_mask = _feature_arrays(model, train, train_features)
     valid_arrays, valid_mask = _feature_arrays(model, valid, valid_features)
     eval_batch = params.train.eval_batch_size
-    valid_views = None
+    valid_views = valid_logits = None
     if model.config.text == "finetuned":
-        _lg, pooled, allowed = views.get("train") or text_views(model, train, eval_batch, device)
-        view = allowed.argmax(0)  # the first encoder that never saw the row's dialogue
+        logits, pooled, allowed = views.get("train") or text_views(model, train, eval_batch, device)
+        view = allowed.argmax(0)  # the first encoder that never saw the row's dialogue (any, with one fold)
         train_arrays["text"] = np.stack(pooled)[view, np.arange(len(train))]
-        _lg, valid_views, valid_allowed = views.get("valid") or text_views(model, valid, eval_batch, device)
+        train_prior = np.stack(logits)[view, np.arange(len(train))]
+        valid_logits, valid_views, valid_allowed = views.get("valid") or text_views(model, valid, eval_batch, device)
     train_inputs = head_inputs(train, train_arrays, train_mask, config)
+    if valid_views is not None:
+        train_inputs = train_inputs.with_text(train_arrays["text"], train_prior)
     valid_base = head_inputs(valid, {**valid_arrays, **({"text": valid_views[0]} if valid_views else {})},
                              valid_mask, config)
     head = FusionHead(config, labels)
@@ -639,7 +649,8 @@ def _fit_head(model: ErcModel, train: pd.DataFrame, valid: pd.DataFrame, train_f
     def valid_scorer() -> np.ndarray:
         if valid_views is None:
             return head_logits(head, valid_base, eval_batch, device)
-        probs = [_softmax(head_logits(head, valid_base.with_text(v), eval_batch, device)) for v in valid_views]
+        probs = [_softmax(head_logits(head, valid_base.with_text(v, lg), eval_batch, device))
+                 for v, lg in zip(valid_views, valid_logits)]
         return np.log(np.clip(_average(probs, valid_allowed), 1e-12, None)).astype(np.float32)
 
     y = label_ids(train, labels, f"{objective.train_table} table")
