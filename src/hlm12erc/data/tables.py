@@ -126,6 +126,12 @@ def build_tables(descriptor: dict[str, Any], manifest: pd.DataFrame | None, data
     tables["test"] = sources[plan["test"]]
     tables = {name: t.assign(split=name).reset_index(drop=True)[list(meld.TABLE_COLUMNS)]
               for name, t in tables.items()}
+    for name, table in tables.items():
+        if table.empty:
+            source = plan[name]
+            raise DataError(f"the {name} split would be empty (from {source}); every split needs rows: "
+                            + ("add dialogues to train_sent_emo.csv or lower data.valid_fraction"
+                               if source == "holdout:train" else f"check {descriptor['splits'][source]['csv']}"))
     tables["sample"] = stratified_sample(tables["train"], tabulate.sample_size, tabulate.seed, labels)
     return tables
 
@@ -137,7 +143,7 @@ def write_tables(tables: dict[str, pd.DataFrame], out_dir: str | os.PathLike[str
     for name, table in tables.items():
         path = out / f"{name}.csv"
         tmp = path.with_name(f".{path.name}.tmp")
-        table.to_csv(tmp, index=False)
+        table.to_csv(tmp, index=False, lineterminator="\n")
         os.replace(tmp, path)
         written.append(path)
     return written
