@@ -28,8 +28,9 @@ import os
 import shutil
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from hlm12erc.config import DataParams
 from hlm12erc.data.meld import DataError

@@ -14,8 +14,9 @@ and ``media_status`` says why, so media models mask them and text models still u
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
