@@ -130,9 +130,10 @@ def build_tables(descriptor: dict[str, Any], manifest: pd.DataFrame | None, data
     for name, table in tables.items():
         if table.empty:
             source = plan[name]
-            raise DataError(f"the {name} split would be empty (from {source}); every split needs rows: "
-                            + ("add dialogues to train_sent_emo.csv or lower data.valid_fraction"
-                               if source == "holdout:train" else f"check {descriptor['splits'][source]['csv']}"))
+            held_out = plan["valid"] == "holdout:train" and name in ("train", "valid")
+            fix = ("hold-out of train dialogues: add dialogues to train_sent_emo.csv or change data.valid_fraction"
+                   if held_out else f"check {descriptor['splits'][source]['csv']}")
+            raise DataError(f"the {name} split would be empty (from {source}); every split needs rows: {fix}")
     tables["sample"] = stratified_sample(tables["train"], tabulate.sample_size, tabulate.seed, labels)
     return tables
 
