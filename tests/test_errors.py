@@ -188,3 +188,28 @@ def test_register_metrics_that_are_not_a_metrics_object(tmp_path, capsys, conten
                      "--params", str(tmp_path / "params.yaml")]) == 2
     line = _one_line(capsys)
     assert line.startswith(f"register: {metrics} ") and expected in line, line
+
+
+# ----------------------------------------------------------------------------- pipes
+
+
+def test_predict_into_a_closed_pipe_exits_quietly(erc_features_dir, tmp_path) -> None:
+    """`hlm12erc predict conv.csv | head -1`: no "Broken pipe" line, no traceback, the SIGPIPE status."""
+    import os
+    import subprocess
+    import sys
+
+    from predict_support import train_tiny_model, write_conversation
+
+    model = train_tiny_model(tmp_path / "model", erc_features_dir, objective="text", epochs=1)
+    conversation = write_conversation(tmp_path / "conv", "csv")
+    env = os.environ | {"PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    reader, writer = os.pipe()
+    os.close(reader)  # the reader is gone before the first line is written
+    try:
+        result = subprocess.run([sys.executable, "-m", "hlm12erc", "predict", str(conversation), "--model", str(model)],
+                                stdout=writer, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path, timeout=300)
+    finally:
+        os.close(writer)
+    assert result.returncode == 141, result.stderr
+    assert "Broken pipe" not in result.stderr and "Traceback" not in result.stderr, result.stderr

@@ -108,3 +108,11 @@ def test_tabulate_cli_without_manifest(tmp_path):
                            "--out", str(tmp_path / "tables")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "run the" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_absent_modalities_names_the_media_no_row_has() -> None:
+    rows = pd.DataFrame({"x_text": ["a", "b"], "x_audio": ["", ""], "x_visual": ["", "frames/x"]})
+    assert meld.absent_modalities(rows, ["text", "audio", "visual"]) == ["audio"]
+    assert meld.absent_modalities(rows.drop(columns=["x_visual"]), ["visual"]) == ["visual"]
+    line = meld.absent_warning("final", ["audio"], "train.csv")
+    assert line.startswith("warning: objective final uses audio, but no row of train.csv has it") and "\n" not in line

@@ -202,3 +202,30 @@ def to_table(meld: pd.DataFrame, split: str, source_split: str) -> pd.DataFrame:
     })
     table.insert(4, "clip_id", [clip_id(d, u) for d, u in zip(table["dialogue"], table["sequence"])])
     return table.sort_values(["dialogue", "sequence"], kind="stable").reset_index(drop=True)[list(TABLE_COLUMNS)]
+
+
+MEDIA_COLUMNS = {"audio": "x_audio", "visual": "x_visual"}  # text is in every row
+
+
+def absent_modalities(table: pd.DataFrame, modalities: Sequence[str]) -> list[str]:
+    """The media modalities in ``modalities`` that no row of ``table`` has (e.g. CSV-only MELD).
+
+    A model trained on a modality that is absent everywhere can only learn the majority class;
+    the train stage warns and records the list in its metrics (``absent_modalities``).
+    """
+    absent = []
+    for modality in modalities:
+        column = MEDIA_COLUMNS.get(modality)
+        if column is None:
+            continue
+        values = table[column] if column in table.columns else pd.Series([], dtype=str)
+        if not values.fillna("").astype(str).str.len().gt(0).any():
+            absent.append(modality)
+    return absent
+
+
+def absent_warning(objective: str, absent: Sequence[str], source: str) -> str:
+    """The one warning line for :func:`absent_modalities` (stderr, and the run's metrics)."""
+    return (f"warning: objective {objective} uses {', '.join(absent)}, but no row of {source} has "
+            f"{'it' if len(absent) == 1 else 'them'} (CSV-only data?): its scores are those of the other "
+            "modalities or of the majority class; use data with clips, or drop the modality from the objective")
