@@ -82,6 +82,8 @@ GOOD_TRAIN = (HEADER + _rows(4, "0") + _rows(4, "1") + _rows(4, "2")).encode()
     ("data__valid_fraction", 0, "params: data.valid_fraction=0.0 must be above 0 and below 1"),
     ("train__threads", 4, "params: train.threads is a runtime setting now: set runtime.threads"),
     ("model", "nope", "params: model='nope' is not an objective; known: mock, baseline"),
+    ("labels", "anger", "params: labels='anger' must be a list of strings"),
+    ("objectives__final__aux_weight", "high", "params: objectives.final.aux_weight='high' must be a number"),
 ])
 def test_a_bad_param_is_one_line_from_the_first_stage(tmp_path, capsys, dotted, value, expected) -> None:
     params = _params_file(tmp_path, **{dotted: value})

@@ -174,13 +174,16 @@ _FIX = "fix params.yaml (or the `dvc exp run -S` override)"
 
 
 def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
+    """``float | None`` -> "a number or null"; ``list[str]`` -> "a list of strings"."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is not None:
-        return f"{origin.__name__}[{', '.join(_type_name(a) for a in typing.get_args(tp))}]"
+        return " or ".join(_type_name(a) for a in args)
+    if origin is list:
+        return f"a list of {_type_name(args[0]).removeprefix('a ')}s"
+    if origin is dict:
+        return f"a mapping of {_type_name(args[0]).removeprefix('a ')} keys to {_type_name(args[1]).removeprefix('a ')}s"
     return {int: "a whole number", float: "a number", str: "a string", bool: "true/false",
-            type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
+            type(None): "null", Any: "any value"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
