@@ -181,7 +181,8 @@ def _type_name(tp: Any) -> str:
     if origin is list:
         return f"a list of {_type_name(args[0]).removeprefix('a ')}s"
     if origin is dict:
-        return f"a mapping of {_type_name(args[0]).removeprefix('a ')} keys to {_type_name(args[1]).removeprefix('a ')}s"
+        key, value = (_type_name(a).removeprefix("a ") for a in args)
+        return f"a mapping of {key} keys to {value}s"
     return {int: "a whole number", float: "a number", str: "a string", bool: "true/false",
             type(None): "null", Any: "any value"}.get(tp, getattr(tp, "__name__", str(tp)))
 
