@@ -8,7 +8,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test bench clean-outputs
+.PHONY: setup demo test lint bench clean-outputs
 
 setup: $(VENV)/.installed
 
@@ -19,14 +19,18 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	touch $@
 
 # The whole DAG on the built-in demo corpus, the headline model into the MLflow registry (once per
-# model: on a fresh clone DVC skips evaluate_headline, whose committed results match), then the table.
+# model: on a fresh clone DVC skips the headline stage, whose committed results match), then the table.
 demo: setup
 	dvc repro
 	hlm12erc register
 	cat metrics/objectives.md
 
-test: setup
+# Lint first (seconds), then the suite.
+test: setup lint
 	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check src pipeline tests benchmarks
 
 bench: setup
 	$(PY) benchmarks/extract_throughput.py

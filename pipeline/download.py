@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(args.params)
         start = time.perf_counter()
         desc = sources.download(params.data, args.out)
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, OSError) as exc:
         print(f"download: {exc}", file=sys.stderr)
         return 2
     print(sources.describe(desc))

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         print(sources.describe(desc))
         start = time.perf_counter()
         manifest, worked = media.run_extract(desc, args.out, params.extract, progress=not args.no_progress)
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, OSError) as exc:
         print(f"extract: {exc}", file=sys.stderr)
         return 2
     seconds = time.perf_counter() - start

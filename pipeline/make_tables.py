@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         built = tables.build_tables(desc, manifest, params.data, params.tabulate, params.labels,
                                     media_dir=args.media, table_dir=args.out)
         tables.write_tables(built, args.out)
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, OSError) as exc:
         print(f"tabulate: {exc}", file=sys.stderr)
         return 2
     print(sources.describe(desc))

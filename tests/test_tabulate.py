@@ -80,7 +80,8 @@ def test_real_meld_text_protocol(tmp_path):
     built = _build(descriptor, None, tmp_path / "media", tmp_path / "tables")
     assert len(built["train"]) + len(built["valid"]) == len(meld.read_meld_csv(MELD_TEXT / "train_sent_emo.csv"))
     assert set(built["train"]["dialogue"]).isdisjoint(built["valid"]["dialogue"])
-    share = built["valid"]["dialogue"].nunique() / (built["valid"]["dialogue"].nunique() + built["train"]["dialogue"].nunique())
+    held, kept = built["valid"]["dialogue"].nunique(), built["train"]["dialogue"].nunique()
+    share = held / (held + kept)
     assert abs(share - 0.1) < 0.01
     assert set(built["sample"]["label"]) == set(MELD_LABELS)
 
@@ -101,8 +102,17 @@ def test_label_outside_set_names_the_row(data_demo_corpus, tmp_path):
 def test_tabulate_cli_without_manifest(tmp_path):
     (tmp_path / "raw").mkdir()
     shutil.copy(ROOT / "params.yaml", tmp_path / "raw" / "unrelated.yaml")  # no meld.json, no manifest
-    proc = subprocess.run([sys.executable, str(ROOT / "pipeline" / "make_tables.py"), "--params", str(ROOT / "params.yaml"),
+    proc = subprocess.run([sys.executable, str(ROOT / "pipeline" / "make_tables.py"),
+                           "--params", str(ROOT / "params.yaml"),
                            "--raw", str(tmp_path / "raw"), "--media", str(tmp_path / "media"),
                            "--out", str(tmp_path / "tables")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "run the" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_absent_modalities_names_the_media_no_row_has() -> None:
+    rows = pd.DataFrame({"x_text": ["a", "b"], "x_audio": ["", ""], "x_visual": ["", "frames/x"]})
+    assert meld.absent_modalities(rows, ["text", "audio", "visual"]) == ["audio"]
+    assert meld.absent_modalities(rows.drop(columns=["x_visual"]), ["visual"]) == ["visual"]
+    line = meld.absent_warning("final", ["audio"], "train.csv")
+    assert line.startswith("warning: objective final uses audio, but no row of train.csv has it") and "\n" not in line

@@ -15,7 +15,12 @@ def _client():
 def test_uri_default_and_env(monkeypatch, tmp_path):
     monkeypatch.delenv(tracking.URI_ENV, raising=False)
     monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.chdir(PROJECT_ROOT / "src")  # a sub-folder of a checkout: that checkout's store
     assert tracking.tracking_uri() == f"sqlite:///{PROJECT_ROOT.resolve() / 'mlflow.db'}"
+    (tmp_path / "other" / ".dvc").mkdir(parents=True)  # another repo: its own store, same install
+    (tmp_path / "other" / "deep").mkdir()
+    monkeypatch.chdir(tmp_path / "other" / "deep")
+    assert tracking.tracking_uri() == f"sqlite:///{(tmp_path / 'other').resolve() / 'mlflow.db'}"
     # inside a DVC stage: the repo DVC runs for (for queued experiments DVC points DVC_ROOT at
     # the user's repo, not at its .dvc/tmp/exps copy), wherever the package is installed
     monkeypatch.setenv("DVC_ROOT", str(tmp_path / "repo"))

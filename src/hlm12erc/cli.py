@@ -38,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"trained model folder (default {DEFAULT_MODEL}, the DVC headline model)")
     source.add_argument("--model-uri", default=None,
                         help="an MLflow model URI instead, e.g. models:/hlm12erc/1 or runs:/<run id>/model "
-                             "(store: HLM12ERC_MLFLOW_URI, else MLFLOW_TRACKING_URI, else ./mlflow.db)")
+                             "(store: HLM12ERC_MLFLOW_URI, else MLFLOW_TRACKING_URI, else mlflow.db at the root of "
+                             "the repo you are in)")
     predict.add_argument("--out", default=None, help="write the predictions to this .csv or .json instead")
     predict.add_argument("--params", default=None,
                          help=f"params.yaml for the extract settings of clips (default {DEFAULT_PARAMS} when present)")
@@ -46,9 +47,9 @@ def _parser() -> argparse.ArgumentParser:
         "register", help="register a trained model in the MLflow model registry (once per model)",
         description="Log a trained model folder as an MLflow pyfunc model and register it under --name with the "
                     "metrics of its evaluation, unless a version of that name already holds exactly these model "
-                    "files. `make demo` runs it: on a fresh clone DVC skips evaluate_headline (its committed "
+                    "files. `make demo` runs it: on a fresh clone DVC skips the headline stage (its committed "
                     "results match), so nothing else registers the model there. Store: HLM12ERC_MLFLOW_URI, "
-                    "else ./mlflow.db.")
+                    "else mlflow.db at the root of the repo you are in.")
     register.add_argument("--model", default=DEFAULT_MODEL, help=f"trained model folder (default {DEFAULT_MODEL})")
     register.add_argument("--metrics", default=DEFAULT_METRICS,
                           help=f"that model's metrics JSON from the evaluate stage (default {DEFAULT_METRICS})")
@@ -77,10 +78,9 @@ def _load_uri(uri: str):
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no store-creation INFO lines on stderr
 
-    from hlm12erc import tracking
-
     from mlflow.exceptions import MlflowException
 
+    from hlm12erc import tracking
     from hlm12erc.predict import PredictError
 
     store = os.environ.get(tracking.URI_ENV) or os.environ.get("MLFLOW_TRACKING_URI") or tracking.tracking_uri()
@@ -122,18 +122,41 @@ def predict_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_command(args: argparse.Namespace) -> int:
+SCORES = ("accuracy", "weighted_f1", "macro_f1")
+
+
+def read_metrics(path: str | os.PathLike[str]) -> dict:
+    """An evaluate stage's metrics JSON: an object with ``accuracy``, ``weighted_f1``, ``macro_f1`` in [0, 1].
+
+    Anything else (a list, ``{}``, a score missing or out of range) is one ValueError, so no model
+    is registered without its scores.
+    """
     import json
+    import math
 
-    from hlm12erc.pyfunc import register_model
-
-    metrics_path = Path(args.metrics)
+    metrics_path = Path(path)
     if not metrics_path.is_file():
         raise FileNotFoundError(f"{metrics_path} not found; evaluate the model first (`dvc repro`)")
     try:
         metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-    except ValueError as error:
+    except (ValueError, UnicodeDecodeError) as error:
         raise ValueError(f"{metrics_path} is not a metrics JSON ({error}); re-run its evaluate stage") from None
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{metrics_path} holds a JSON {type(metrics).__name__}, not the metrics object of an "
+                         f"evaluate stage ({{\"accuracy\": ..., \"weighted_f1\": ..., \"macro_f1\": ...}}); "
+                         "pass --metrics metrics/<model>.json")
+    bad = [k for k in SCORES if isinstance(metrics.get(k), bool) or not isinstance(metrics.get(k), (int, float))
+           or not math.isfinite(metrics[k]) or not 0 <= metrics[k] <= 1]
+    if bad:
+        raise ValueError(f"{metrics_path} has no valid {', '.join(bad)} (numbers in [0, 1] expected); a model is "
+                         "registered with its scores: re-run its evaluate stage or pass the right --metrics")
+    return metrics
+
+
+def register_command(args: argparse.Namespace) -> int:
+    from hlm12erc.pyfunc import register_model
+
+    metrics = read_metrics(args.metrics)
     extract, _train = _extract_params(args.params)
     version, created = register_model(args.model, metrics, args.name, extract)
     uri = f"models:/{args.name}/{version}"
@@ -161,14 +184,29 @@ def main(argv: list[str] | None = None) -> int:
         handled += (MlflowException,)
     try:
         if args.command == "predict":
-            return predict_command(args)
+            return _flushed(predict_command(args))
         if args.command == "register":
-            return register_command(args)
+            return _flushed(register_command(args))
+    except BrokenPipeError:
+        return _reader_gone()
     except handled as error:
         message = " ".join(str(error).split()) or type(error).__name__
         print(f"{args.command}: {message}", file=sys.stderr)
         return 2
     return 2  # pragma: no cover - argparse requires a command
+
+
+def _flushed(code: int) -> int:
+    sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
+    return code
+
+
+def _reader_gone() -> int:
+    """``hlm12erc predict x.csv | head -1``: the reader left; exit quietly as a Unix tool does (128 + SIGPIPE)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # nothing more to flush at exit
+    os.close(devnull)
+    return 141
 
 
 if __name__ == "__main__":

@@ -16,9 +16,14 @@ only); ``no_video`` (wav only); ``corrupt`` (cannot be opened/decoded; nothing w
 ``missing`` (no file); ``text_only`` (the descriptor has no clips folder for the split).
 
 Re-runs: each clip's outcome is recorded in ``<media>/.state/<split>/<clip>.json`` together
-with a fingerprint of the extract params and the source file's size and mtime, written after
-its outputs. A later run skips every clip whose fingerprint matches and whose outputs exist,
+with a fingerprint of the extract params and the SHA-256 of the source file's bytes (never its
+path or mtime, so a ``dvc checkout`` of ``data/raw`` or another checkout redoes nothing), written
+after its outputs. A later run skips every clip whose fingerprint matches and whose outputs exist,
 so an interrupted run only does the remaining clips and a repeated run decodes nothing.
+
+Bytes: PNGs, the wavs (a fixed 58-byte RIFF header written here: libsndfile adds a PEAK chunk
+with a timestamp to float wavs), the state records and the manifest depend only on the source
+bytes and the params, so two runs in two folders give the same ``data/media`` hash.
 """
 
 from __future__ import annotations
@@ -27,17 +32,19 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from hlm12erc.config import ExtractParams, resolve_jobs
 from hlm12erc.data import meld
+from hlm12erc.workers import pool as die_with_parent_pool
 
 MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS = ("source_split", "clip_id", "dialogue", "sequence", "status", "duration",
@@ -87,16 +94,27 @@ def _fit(width: int, height: int, size: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def fingerprint(params: ExtractParams, src: str | None) -> str:
-    """Extract params + source size/mtime: a change of either means the clip is redone."""
+    """Extract params + the source's content hash: a change of either means the clip is redone.
+
+    Content, not size/mtime: a ``dvc checkout`` or a fresh clone rewrites the files with new
+    mtimes but the same bytes, and must not redo the extraction.
+    """
     keys = {"frames": params.frames, "frame_size": params.frame_size,
-            "sample_rate": params.sample_rate, "max_seconds": params.max_seconds, "v": 1}
+            "sample_rate": params.sample_rate, "max_seconds": params.max_seconds, "v": 2}
     if src is None:
         keys["src"] = None
     else:
         try:
-            st = os.stat(src)
-            keys["src"] = [st.st_size, st.st_mtime_ns]
+            keys["src"] = file_sha256(src)
         except OSError:
             keys["src"] = "absent"
     return hashlib.sha1(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
@@ -240,12 +258,25 @@ def _write_frames(frames: list[np.ndarray], dest: Path) -> None:
     os.replace(tmp, dest)
 
 
-def _write_wav(audio: np.ndarray, rate: int, dest: Path) -> None:
-    import soundfile as sf
+def wav_bytes(audio: np.ndarray, rate: int) -> bytes:
+    """A mono 32-bit float wav (WAVE_FORMAT_IEEE_FLOAT, ``fmt `` + ``fact`` + ``data``).
 
+    Written by hand because libsndfile (soundfile) adds a PEAK chunk carrying the write time to
+    every float wav, so the same samples would give different bytes on every run.
+    """
+    data = np.ascontiguousarray(audio, dtype="<f4").reshape(-1)
+    payload = data.tobytes()
+    fmt = struct.pack("<HHIIHHH", 3, 1, rate, rate * 4, 4, 32, 0)  # format 3 = IEEE float, cbSize 0
+    chunks = (b"fmt " + struct.pack("<I", len(fmt)) + fmt
+              + b"fact" + struct.pack("<II", 4, data.size)
+              + b"data" + struct.pack("<I", len(payload)) + payload)
+    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks
+
+
+def _write_wav(audio: np.ndarray, rate: int, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.{os.getpid()}.tmp.wav"
-    sf.write(str(tmp), audio, rate, subtype="FLOAT")
+    tmp.write_bytes(wav_bytes(audio, rate))
     os.replace(tmp, dest)
 
 
@@ -362,7 +393,7 @@ def _run(jobs: list[Job], params: ExtractParams, workers: int, progress: bool) -
             results.append(_extract_star(item))
             bar.update()
     else:
-        with ProcessPoolExecutor(workers) as pool:
+        with die_with_parent_pool(workers) as pool:
             for res in pool.map(_extract_star, todo, chunksize=max(1, min(16, len(todo) // (workers * 8)))):
                 results.append(res)
                 bar.update()
@@ -386,7 +417,7 @@ def _check(params: ExtractParams) -> None:
 def write_manifest(manifest: pd.DataFrame, media_dir: str | os.PathLike[str]) -> Path:
     path = Path(media_dir) / MANIFEST
     tmp = path.with_name(f".{MANIFEST}.tmp")
-    manifest.to_csv(tmp, index=False)
+    manifest.to_csv(tmp, index=False, lineterminator="\n")
     os.replace(tmp, path)
     return path
 
@@ -425,6 +456,6 @@ def extract_clips(paths: Iterable[str], out_dir: str | os.PathLike[str], params:
     return _run(jobs, params, resolve_jobs(params.jobs), progress)
 
 
-__all__ = ["Job", "frame_times", "letterbox", "decode_clip", "extract_one", "run_extract",
+__all__ = ["Job", "frame_times", "letterbox", "decode_clip", "extract_one", "run_extract", "wav_bytes",
            "read_manifest", "write_manifest", "summarise", "extract_clips", "fingerprint",
            "MANIFEST_COLUMNS", "STATUSES", "WITH_FRAMES", "WITH_AUDIO"]

@@ -3,11 +3,16 @@
 URI: env ``HLM12ERC_MLFLOW_URI`` if set, else ``sqlite:///<repo>/mlflow.db`` where ``<repo>`` is
 the DVC repository the stage runs for (``DVC_ROOT``, which DVC sets for every stage and points at
 the user's repo, not its temp copy, for ``dvc exp run --queue``/``--temp`` experiments), else the
-project root. Artifacts of a sqlite store go to ``mlartifacts/`` beside the database file.
+repository containing the working directory (the nearest folder with ``.dvc`` or ``.git``), else
+the working directory: never where the package is installed. Artifacts of a sqlite store go to
+``mlartifacts/`` beside the database file.
 :func:`ensure_store` creates the schema under an exclusive file lock (in the temp folder, one per
 database), so parallel stages and queued experiments may each be the first to log.
 Run names come from DVC (``DVC_STAGE``, e.g. ``train@text``), else ``<kind>-<objective>``;
 tags carry the git commit and the DVC experiment name. mlflow is imported lazily (slow import).
+Every run also records its process (``hlm12erc.pid``, ``hlm12erc.host``, ``hlm12erc.pid_start``):
+:func:`end_orphaned_runs`, called whenever the store is opened, ends FAILED the RUNNING runs whose
+process is gone (a ``kill -9`` leaves no RUNNING run behind once the next stage logs).
 """
 
 from __future__ import annotations
@@ -15,27 +20,38 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import unquote, urlparse
-
-from hlm12erc.config import PROJECT_ROOT
 
 EXPERIMENT = "hlm12erc"
 URI_ENV = "HLM12ERC_MLFLOW_URI"
+PID_TAG, HOST_TAG, START_TAG = "hlm12erc.pid", "hlm12erc.host", "hlm12erc.pid_start"
+
+
+def repo_root(start: str | os.PathLike[str] | None = None) -> Path:
+    """The nearest folder at or above ``start`` (default: the working directory) holding ``.dvc`` or
+    ``.git``; ``start`` itself when there is none."""
+    here = Path(start or os.getcwd()).resolve()
+    for marker in (".dvc", ".git"):
+        for folder in (here, *here.parents):
+            if (folder / marker).exists():
+                return folder
+    return here
 
 
 def store_root() -> Path:
-    """Folder of the default ``mlflow.db``: the DVC repo running the stage, else the project root.
+    """Folder of the default ``mlflow.db``: the DVC repo running the stage, else the user's repo.
 
-    ``PROJECT_ROOT`` is where the package's source lives (an editable install's checkout), which is
-    not the repo DVC runs in when the package is installed elsewhere or when a queued experiment
-    runs in ``.dvc/tmp/exps/...``; DVC's ``DVC_ROOT`` is right in both cases.
+    Never the package's install location: with a shared or non-editable install that is another
+    checkout or ``.venv``. ``DVC_ROOT`` also covers queued experiments in ``.dvc/tmp/exps/...``.
     """
-    return Path(os.environ.get("DVC_ROOT") or PROJECT_ROOT)
+    return Path(os.environ.get("DVC_ROOT") or repo_root())
 
 
 def tracking_uri() -> str:
@@ -91,14 +107,71 @@ def _store_lock(uri: str) -> Iterator[None]:
 
 
 def ensure_store() -> str:
-    """Create the store and the experiment if missing; returns the experiment id.
+    """Create the store and the experiment if missing, end orphaned runs; returns the experiment id.
 
     Safe to call from many processes at once (stages of parallel queued experiments).
     """
     mlflow = _mlflow()
     uri = tracking_uri()
     with _store_lock(uri):
-        return _ensure_experiment(mlflow, uri)
+        experiment_id = _ensure_experiment(mlflow, uri)
+        end_orphaned_runs(experiment_id)
+    return experiment_id
+
+
+def _process_start(pid: int) -> str:
+    """Start time of ``pid`` in clock ticks since boot (Linux), to tell a reused pid apart; "" elsewhere."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22 of proc(5), counted after the command name
+
+
+def _alive(pid: int, start: str) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process with that pid
+        return not start or _process_start(pid) == start
+    if start and Path("/proc").is_dir():
+        return _process_start(pid) == start
+    return True
+
+
+def process_tags() -> dict[str, str]:
+    """Who runs this run: read back by :func:`end_orphaned_runs`."""
+    return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname(), START_TAG: _process_start(os.getpid())}
+
+
+def end_orphaned_runs(experiment_id: str | None = None) -> list[str]:
+    """End FAILED every RUNNING run of this host whose recorded process is gone; returns their ids.
+
+    A stage killed with ``kill -9`` cannot end its own run; the next process that opens the store
+    does. Runs from other hosts, and runs without the process tags, are left alone.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri())
+    if experiment_id is None:
+        experiment = client.get_experiment_by_name(EXPERIMENT)
+        if experiment is None:
+            return []
+        experiment_id = experiment.experiment_id
+    host = socket.gethostname()
+    ended = []
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
+        tags = run.data.tags
+        if tags.get(HOST_TAG) != host or not tags.get(PID_TAG, "").isdigit():
+            continue
+        if _alive(int(tags[PID_TAG]), tags.get(START_TAG, "")):
+            continue
+        client.set_tag(run.info.run_id, "hlm12erc.end_reason",
+                       f"process {tags[PID_TAG]} on {host} was gone (killed?); ended by process {os.getpid()}")
+        client.set_terminated(run.info.run_id, status="FAILED")
+        ended.append(run.info.run_id)
+    return ended
 
 
 def _ensure_experiment(mlflow: Any, uri: str) -> str:
@@ -119,7 +192,7 @@ def run_name(kind: str, objective: str) -> str:
 
 
 def git_commit() -> str:
-    root = os.environ.get("DVC_ROOT") or str(PROJECT_ROOT)
+    root = str(store_root())
     try:
         result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
@@ -155,7 +228,7 @@ def start_run(kind: str, objective: str, params: dict[str, Any] | None = None) -
     mlflow = _mlflow()
     experiment_id = ensure_store()
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name(kind, objective),
-                          tags=run_tags(kind, objective)) as run:
+                          tags={**run_tags(kind, objective), **process_tags()}) as run:
         if params:
             mlflow.log_params({k: ("" if v is None else v) for k, v in flatten(params).items()})
         yield run

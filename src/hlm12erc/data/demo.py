@@ -21,13 +21,14 @@ from __future__ import annotations
 import csv
 import io
 import os
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
+
+from hlm12erc.workers import pool as die_with_parent_pool
 
 LABELS = ("anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise")
 # MELD-like imbalance (neutral most common) while every label stays well represented.
@@ -279,7 +280,7 @@ def generate(out_dir: str | os.PathLike[str], seed: int = 7,
         for spec in specs:
             _make_clip(spec)
     else:
-        with ProcessPoolExecutor(workers) as pool:
+        with die_with_parent_pool(workers) as pool:
             list(pool.map(_make_clip, specs, chunksize=8))
     return broken
 

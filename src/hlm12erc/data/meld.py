@@ -8,10 +8,11 @@ table folder can be moved together with ``data/media``.
 
 from __future__ import annotations
 
+import io
 import re
 import unicodedata
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -84,23 +85,60 @@ def normalize_text(text: object) -> str:
     return _SPACE_RE.sub(" ", out).strip()
 
 
+def _decode(path: Path, data: bytes) -> str:
+    """UTF-8 (BOM allowed), else cp1252 (MELD's own files); else a DataError naming the byte and line."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    try:
+        return data.decode("cp1252")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise DataError(f"{path}: byte 0x{data[error.start]:02x} on line {line} is neither UTF-8 nor cp1252; "
+                        "re-save the file as UTF-8") from None
+
+
+def _int_column(frame: pd.DataFrame, column: str, path: Path) -> pd.Series:
+    """Whole-number ids; a blank or non-integer cell fails naming its 1-based data row."""
+    values = pd.to_numeric(frame[column], errors="coerce")
+    bad = values.isna() | (values % 1 != 0)
+    if bad.any():
+        index = int(np.flatnonzero(bad.to_numpy())[0])
+        cell = frame[column].iloc[index]
+        shown = "blank" if cell is None or (isinstance(cell, float) and np.isnan(cell)) or not str(cell).strip() \
+            else f"'{cell}'"
+        raise DataError(f"{path}: row {index + 1} has {shown} {column}; it must be a whole number "
+                        f"(fix or delete that row)")
+    return values.astype(int)
+
+
 def read_meld_csv(path: str | Path) -> pd.DataFrame:
-    """Read one ``*_sent_emo.csv``, checking MELD's columns; ids become ints."""
+    """Read one ``*_sent_emo.csv``, checking MELD's columns and every id cell; ids become ints.
+
+    An empty file, a header without rows, undecodable bytes, a malformed line or a blank id is
+    a :class:`DataError` naming the file (and row), never a pandas traceback.
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found; point data.local_path at a MELD.Raw folder")
+    text = _decode(path, path.read_bytes())
     try:
-        frame = pd.read_csv(path, encoding="utf-8", dtype={"Utterance": str, "Speaker": str})
-    except UnicodeDecodeError:
-        frame = pd.read_csv(path, encoding="cp1252", dtype={"Utterance": str, "Speaker": str})
+        frame = pd.read_csv(io.StringIO(text), dtype={"Utterance": str, "Speaker": str, "Emotion": str})
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: empty CSV; expected MELD columns {list(MELD_COLUMNS)}") from None
+    except pd.errors.ParserError as error:
+        raise DataError(f"{path}: not a well-formed CSV ({' '.join(str(error).split())}); fix the quoting "
+                        "on that line") from None
     missing = [c for c in ("Utterance", "Speaker", "Emotion", "Dialogue_ID", "Utterance_ID")
                if c not in frame.columns]
     if missing:
         raise DataError(f"{path}: missing MELD column(s) {missing}; found {list(frame.columns)}")
+    if frame.empty:
+        raise DataError(f"{path}: has a header but no rows; every MELD split needs utterances "
+                        "(remove the file to run without that split)")
     for column in ("Dialogue_ID", "Utterance_ID"):
-        frame[column] = pd.to_numeric(frame[column], errors="raise").astype(int)
+        frame[column] = _int_column(frame, column, path)
     return frame
 
 
@@ -164,3 +202,30 @@ def to_table(meld: pd.DataFrame, split: str, source_split: str) -> pd.DataFrame:
     })
     table.insert(4, "clip_id", [clip_id(d, u) for d, u in zip(table["dialogue"], table["sequence"])])
     return table.sort_values(["dialogue", "sequence"], kind="stable").reset_index(drop=True)[list(TABLE_COLUMNS)]
+
+
+MEDIA_COLUMNS = {"audio": "x_audio", "visual": "x_visual"}  # text is in every row
+
+
+def absent_modalities(table: pd.DataFrame, modalities: Sequence[str]) -> list[str]:
+    """The media modalities in ``modalities`` that no row of ``table`` has (e.g. CSV-only MELD).
+
+    A model trained on a modality that is absent everywhere can only learn the majority class;
+    the train stage warns and records the list in its metrics (``absent_modalities``).
+    """
+    absent = []
+    for modality in modalities:
+        column = MEDIA_COLUMNS.get(modality)
+        if column is None:
+            continue
+        values = table[column] if column in table.columns else pd.Series([], dtype=str)
+        if not values.fillna("").astype(str).str.len().gt(0).any():
+            absent.append(modality)
+    return absent
+
+
+def absent_warning(objective: str, absent: Sequence[str], source: str) -> str:
+    """The one warning line for :func:`absent_modalities` (stderr, and the run's metrics)."""
+    return (f"warning: objective {objective} uses {', '.join(absent)}, but no row of {source} has "
+            f"{'it' if len(absent) == 1 else 'them'} (CSV-only data?): its scores are those of the other "
+            "modalities or of the majority class; use data with clips, or drop the modality from the objective")

@@ -2,9 +2,14 @@
 
 The descriptor ``meld.json`` is the only thing later stages read::
 
-    {"source": "demo", "layout": "tarball" | "kaggle" | "csv_only", "root": "/abs/MELD.Raw",
-     "splits": {"train": {"csv": "/abs/train_sent_emo.csv", "clips": "/abs/train_splits" | null},
+    {"source": "demo", "layout": "tarball" | "kaggle" | "csv_only",
+     "root": "MELD.Raw", "root_base": "descriptor" | "cwd",
+     "splits": {"train": {"csv": "train_sent_emo.csv", "clips": "train_splits" | null},
                 "dev": {...}, "test": {...}}}          # test may be absent
+
+No absolute path is written (``root`` is relative to ``data/raw`` for demo/kaggle, or
+``data.local_path`` as given; split paths are relative to ``root``), so the same source gives the
+same bytes in any checkout; :func:`read_descriptor` hands back absolute paths.
 
 ``demo`` and ``kaggle`` write their files under the output folder; ``local`` only points at
 the user's folder (it can be 10 GB). Layouts recognised anywhere up to a few levels deep:
@@ -22,8 +27,10 @@ import json
 import os
 import shutil
 import zipfile
+import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from hlm12erc.config import DataParams
 from hlm12erc.data.meld import DataError
@@ -108,15 +115,29 @@ def describe(descriptor: dict[str, Any]) -> str:
 
 
 def write_descriptor(out_dir: str | os.PathLike[str], descriptor: dict[str, Any]) -> Path:
+    """Write ``<out_dir>/meld.json`` with no absolute path in it (same bytes in any checkout).
+
+    ``root`` is relative to the descriptor's folder when the files live under it (demo, kaggle),
+    else the folder as the user gave it in ``data.local_path`` (``root_base: cwd``); split paths
+    are relative to ``root``.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    root = Path(descriptor["root"])
-    if descriptor["source"] in ("demo", "kaggle"):
-        # Files live under out_dir: remember where, so a moved checkout still resolves.
-        descriptor = {**descriptor, "root_in_raw": os.path.relpath(root, out.resolve())}
+    root = Path(descriptor["root"]).resolve()
+    if root.is_relative_to(out.resolve()):
+        stored_root, base = root.relative_to(out.resolve()).as_posix() or ".", "descriptor"
+    else:
+        stored_root, base = str(descriptor.get("root_given") or root), "cwd"
+
+    def rel(path: str | None) -> str | None:
+        return None if path is None else Path(os.path.relpath(path, root)).as_posix()
+
+    stored = {k: v for k, v in descriptor.items() if k not in ("root", "root_given", "splits")}
+    stored.update(root=stored_root, root_base=base,
+                  splits={s: {"csv": rel(e["csv"]), "clips": rel(e["clips"])} for s, e in descriptor["splits"].items()})
     path = out / DESCRIPTOR
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(descriptor, indent=2) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(stored, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
 
@@ -129,14 +150,24 @@ def read_descriptor(raw_dir: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         desc = json.loads(path.read_text(encoding="utf-8"))
         splits = desc["splits"]
-        old_root = desc["root"]
+        stored_root = desc["root"]
+        if not isinstance(splits, dict) or not all(isinstance(e, dict) and "csv" in e for e in splits.values()):
+            raise TypeError("splits must map each split to its csv and clips")
     except (ValueError, KeyError, TypeError) as exc:
         raise SourceError(f"{path} is not a MELD descriptor ({exc}); re-run `dvc repro download`") from None
-    if not Path(old_root).exists() and desc.get("root_in_raw"):
-        new_root = str((Path(raw_dir) / desc["root_in_raw"]).resolve())
-        rebase = lambda p: p if p is None else new_root + p[len(old_root):]  # noqa: E731
-        desc["root"] = new_root
-        desc["splits"] = {s: {k: rebase(v) for k, v in e.items()} for s, e in splits.items()}
+    base = desc.pop("root_base", None)
+    if base is None:  # an older descriptor with absolute paths
+        if not Path(stored_root).exists() and desc.get("root_in_raw"):
+            new_root = str((Path(raw_dir) / desc["root_in_raw"]).resolve())
+            rebase = lambda p: p if p is None else new_root + p[len(stored_root):]  # noqa: E731
+            desc["root"] = new_root
+            desc["splits"] = {s: {k: rebase(v) for k, v in e.items()} for s, e in splits.items()}
+    else:
+        anchor = Path(raw_dir) if base == "descriptor" else Path.cwd()
+        root = (anchor / Path(stored_root).expanduser()).resolve()
+        desc["root"] = str(root)
+        desc["splits"] = {s: {"csv": str(root / e["csv"]), "clips": str(root / e["clips"]) if e.get("clips") else None}
+                          for s, e in splits.items()}
     for split, entry in desc["splits"].items():
         if not Path(entry["csv"]).exists():
             raise SourceError(f"{path}: the {split} CSV {entry['csv']} is gone; re-run the download "
@@ -162,7 +193,7 @@ def fetch_local(params: DataParams) -> dict[str, Any]:
     if not str(params.local_path).strip():
         raise SourceError("data.source=local but data.local_path is empty; set it to a MELD.Raw folder, "
                           "e.g. `dvc exp run -S data.source=local -S data.local_path=/data/MELD.Raw`")
-    return {"source": "local", **detect_layout(params.local_path)}
+    return {"source": "local", **detect_layout(params.local_path), "root_given": str(params.local_path)}
 
 
 def make_kaggle_api() -> Any:
@@ -223,8 +254,16 @@ def safe_extract_zip(archive: str | os.PathLike[str], target: str | os.PathLike[
             dest = (target / info.filename.replace("\\", "/")).resolve()
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.with_name(f".{dest.name}.part")
-            with zf.open(info) as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
+            try:
+                with zf.open(info) as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+                tmp.unlink(missing_ok=True)
+                raise SourceError(f"{archive}: member '{info.filename}' is damaged ({exc}); delete the "
+                                  f"archive and download it again") from None
+            except BaseException:
+                tmp.unlink(missing_ok=True)  # nothing half-written is left behind
+                raise
             os.replace(tmp, dest)
             count += 1
     return count

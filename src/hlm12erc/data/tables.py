@@ -14,8 +14,9 @@ and ``media_status`` says why, so media models mask them and text models still u
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -126,6 +127,13 @@ def build_tables(descriptor: dict[str, Any], manifest: pd.DataFrame | None, data
     tables["test"] = sources[plan["test"]]
     tables = {name: t.assign(split=name).reset_index(drop=True)[list(meld.TABLE_COLUMNS)]
               for name, t in tables.items()}
+    for name, table in tables.items():
+        if table.empty:
+            source = plan[name]
+            held_out = plan["valid"] == "holdout:train" and name in ("train", "valid")
+            fix = ("hold-out of train dialogues: add dialogues to train_sent_emo.csv or change data.valid_fraction"
+                   if held_out else f"check {descriptor['splits'][source]['csv']}")
+            raise DataError(f"the {name} split would be empty (from {source}); every split needs rows: {fix}")
     tables["sample"] = stratified_sample(tables["train"], tabulate.sample_size, tabulate.seed, labels)
     return tables
 
@@ -137,7 +145,7 @@ def write_tables(tables: dict[str, pd.DataFrame], out_dir: str | os.PathLike[str
     for name, table in tables.items():
         path = out / f"{name}.csv"
         tmp = path.with_name(f".{path.name}.tmp")
-        table.to_csv(tmp, index=False)
+        table.to_csv(tmp, index=False, lineterminator="\n")
         os.replace(tmp, path)
         written.append(path)
     return written
