@@ -101,12 +101,14 @@ def main() -> None:
         params = ExtractParams(jobs=jobs)
         out = work / f"pyav-{jobs}"
         shutil.rmtree(out, ignore_errors=True)
-        t_pyav = timed(lambda: media.extract_clips(clips, out, params))
+        t_pyav = timed(lambda out=out, params=params: media.extract_clips(clips, out, params))
         out = work / f"naive-{jobs}"
         shutil.rmtree(out, ignore_errors=True)
         with ThreadPoolExecutor(jobs) as pool:
-            t_naive = timed(lambda: list(pool.map(lambda c: naive_clip(ffmpeg, Path(c), out / Path(c).stem, params),
-                                                  clips)))
+            def naive(c: str, out: Path = out, params: ExtractParams = params) -> None:
+                naive_clip(ffmpeg, Path(c), out / Path(c).stem, params)
+
+            t_naive = timed(lambda pool=pool, naive=naive: list(pool.map(naive, clips)))
         if jobs == 1:
             t_decode = timed(lambda: [bare_decode(c) for c in clips])
         else:

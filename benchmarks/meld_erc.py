@@ -93,7 +93,8 @@ def row(name: str, seed: int, dev: pd.DataFrame, probs: np.ndarray, labels: list
             "train_minutes": minutes}
 
 
-def encoders_for(seed: int, params: Params, train: pd.DataFrame, valid: pd.DataFrame, out: Path) -> tuple[ErcModel, float]:
+def encoders_for(seed: int, params: Params, train: pd.DataFrame, valid: pd.DataFrame,
+                 out: Path) -> tuple[ErcModel, float]:
     """The seed's cross-fitted encoders, fitted once and cached in ``out``."""
     folder, record = out / "text_encoder", out / "text_encoder.json"
     if (folder / "config.json").exists() and record.exists():
@@ -233,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a few hundred rows, 1 encoder epoch (smoke run)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="params.yaml override, repeatable (e.g. --set text_encoder.epochs=5)")
-    parser.add_argument("--only", nargs="*", default=None, help="fit only the variants whose name contains one of these")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="fit only the variants whose name contains one of these")
     args = parser.parse_args(argv)
 
     raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))

@@ -65,7 +65,7 @@ def worker(args: argparse.Namespace) -> None:
     history = trainer.fit_encoders(model, train, valid, params, device, progress=False)
     rank = int(os.environ.get("RANK", "0"))
     record = {"rank": rank, "nproc": int(os.environ.get("WORLD_SIZE", "1")), "rows": model.info["encoder0"]["n_train"],
-              "epoch_seconds": model.info["encoder0"]["seconds"], "device": str(device),
+              "epoch_seconds": model.timings["encoder0_epoch_seconds"], "device": str(device),
               "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     assert history, "no epoch ran"
     (Path(args.out) / f"rank{rank}.json").write_text(json.dumps(record))
@@ -80,7 +80,8 @@ def run_setting(nproc: int, args: argparse.Namespace, out: Path) -> dict[str, fl
     subprocess.run(command, check=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(nproc)]
     seconds = max(r["epoch_seconds"] for r in ranks)
-    return {"processes": nproc, "rows": ranks[0]["rows"], "epoch_s": seconds, "samples_per_s": ranks[0]["rows"] / seconds,
+    return {"processes": nproc, "rows": ranks[0]["rows"], "epoch_s": seconds,
+            "samples_per_s": ranks[0]["rows"] / seconds,
             "peak_rss_mib_per_process": max(r["peak_rss_mib"] for r in ranks), "device": ranks[0]["device"]}
 
 
@@ -90,13 +91,15 @@ def markdown(rows: list[dict]) -> str:
     base = rows[0]["samples_per_s"]
     for r in rows:
         lines.append(f"| {r['processes']} | {r['device']} | {r['rows']} | {r['epoch_s']:.1f} | "
-                     f"{r['samples_per_s']:.1f} | {r['samples_per_s'] / base:.2f}x | {r['peak_rss_mib_per_process']:.0f} |")
+                     f"{r['samples_per_s']:.1f} | {r['samples_per_s'] / base:.2f}x | "
+                     f"{r['peak_rss_mib_per_process']:.0f} |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_MELD if DEFAULT_MELD.exists() else REPO / "data" / "tables")
+    parser.add_argument("--data", type=Path,
+                        default=DEFAULT_MELD if DEFAULT_MELD.exists() else REPO / "data" / "tables")
     parser.add_argument("--rows", type=int, default=512, help="training rows (whole dialogues, seeded)")
     parser.add_argument("--nproc", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--device", default="cpu", help="cpu | cuda | auto")

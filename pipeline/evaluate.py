@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plots", required=True, help="plots folder, e.g. plots/NAME")
     parser.add_argument("--register", default=None, metavar="NAME",
                         help="also log the model as an MLflow pyfunc model and register it as NAME with its "
-                             "metrics (off by default; the evaluate_headline stage passes --register hlm12erc)")
+                             "metrics (off by default; the headline stage registers the headline model)")
     args = parser.parse_args(argv)
     try:
         from hlm12erc.training.stages import evaluate_stage
@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 info = log_pyfunc_model(args.model, metrics, registered_name=args.register, extract=params.extract)
             except MlflowException as error:
-                reason = str(error.message).strip().splitlines()[0] if str(error.message).strip() else type(error).__name__
+                message = str(error.message).strip()
+                reason = message.splitlines()[0] if message else type(error).__name__
                 print(f"evaluate: metrics are in {args.metrics}, but registering the model as '{args.register}' "
                       f"failed: {reason}; check the MLflow store (HLM12ERC_MLFLOW_URI or ./mlflow.db) and rerun "
                       "this stage", file=sys.stderr)

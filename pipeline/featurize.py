@@ -1,4 +1,5 @@
-"""Stage featurize: data/tables/<split>.csv -> data/features/<split>/{text,audio,visual,mask,face_found}.npy + index.csv."""
+"""Stage featurize: data/tables/<split>.csv -> data/features/<split>/{text,audio,visual,mask,face_found}.npy
++ index.csv."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="data/features")
     args = parser.parse_args(argv)
     try:
-        from hlm12erc.training.stages import featurize_stage
+        from hlm12erc.features.featurize import featurize_stage
 
         featurize_stage(load_params(args.params), args.tables, args.out)
     except (ConfigError, DataError, FileNotFoundError, ImportError, ValueError) as error:

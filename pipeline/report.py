@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", default="plots/objectives.png")
     args = parser.parse_args(argv)
     try:
-        from hlm12erc.training.stages import markdown_table, report_stage
+        from hlm12erc.report import markdown_table, report_stage
 
         params = load_params(args.params)
         names = args.objectives or list(params.objectives)

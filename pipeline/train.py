@@ -1,4 +1,5 @@
-"""Stage train: one objective's tables + cached features (+ the fine-tuned text encoders) -> models/NAME/ + plots/NAME/history.csv."""
+"""Stage train: one objective's tables + cached features (+ the fine-tuned text encoders) -> models/NAME/
++ plots/NAME/history.csv."""
 
 from __future__ import annotations
 

@@ -207,13 +207,13 @@ class Predictor:
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike[str], extract: ExtractParams | None = None,
-             device: str = "cpu", eval_batch_size: int = 256) -> "Predictor":
+             device: str = "cpu", eval_batch_size: int = 256) -> Predictor:
         from hlm12erc.models.erc import ErcModel
 
         model_dir = Path(model_dir)
         if not (model_dir / "config.json").is_file():
             why = "does not exist" if not model_dir.exists() else "has no config.json"
-            raise PredictError(f"model folder {model_dir} {why}; train it first (`dvc repro train_headline` "
+            raise PredictError(f"model folder {model_dir} {why}; train it first (`dvc repro headline` "
                                "writes models/headline) or pass --model DIR / --model-uri models:/hlm12erc/1")
         try:
             model = ErcModel.load(model_dir, device)

@@ -13,8 +13,12 @@ runs the code it was trained with.
 
 Every registered version carries the tag ``model_sha256`` (the model folder's files), so
 :func:`register_model` can tell whether a model is already registered: DVC skips the
-``evaluate_headline`` stage on a fresh clone whose committed results match, and ``hlm12erc
+``headline`` stage on a fresh clone whose committed results match, and ``hlm12erc
 register`` (run by ``make demo``) then adds the missing version once.
+
+Trust: the logged ``python_model`` is stored with CloudPickle (MLflow's ``python_model=`` path),
+so loading a registered model unpickles code. Load models only from stores you trust; the model
+weights themselves are read with ``torch.load(..., weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -132,7 +136,8 @@ def log_pyfunc_model(model_dir: str | os.PathLike[str], metrics: dict[str, Any] 
     experiment_id = tracking.ensure_store()  # also points mlflow at the project's store
     import mlflow
 
-    tags = {**tracking.run_tags("register", objective), "registered_model": registered_name or ""}
+    tags = {**tracking.run_tags("register", objective), **tracking.process_tags(),
+            "registered_model": registered_name or ""}
     with tempfile.TemporaryDirectory(prefix="hlm12erc-pyfunc-") as tmp:
         code = _package_copy(Path(tmp))
         with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or f"register-{objective}", tags=tags):

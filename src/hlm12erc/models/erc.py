@@ -348,6 +348,7 @@ class ErcModel:
         self.head = head
         self.meta = dict(meta or {})
         self.info = dict(info or {})
+        self.timings: dict[str, float] = {}  # wall-clock seconds of the last fit: logged, never saved
 
     @property
     def labels(self) -> list[str]:

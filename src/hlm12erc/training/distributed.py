@@ -13,8 +13,9 @@ import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -150,6 +151,5 @@ def relaunch(nproc: int, script: str, argv: Sequence[str]) -> int:
     """Run ``script argv`` under ``torchrun --standalone --nproc_per_node nproc``; its exit code."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                script, *argv]
-    print("launching: torchrun --standalone --nproc_per_node=%d %s %s" % (nproc, script, " ".join(argv)),
-          flush=True)
+    print(f"launching: torchrun --standalone --nproc_per_node={nproc} {script} {' '.join(argv)}", flush=True)
     return subprocess.run(command, check=False).returncode

@@ -1,39 +1,30 @@
 """What each model-side DVC stage does, called by the short scripts in ``pipeline/``.
 
-featurize: tables -> cached feature arrays; text_encoder: tables -> the fine-tuned text encoders;
-train: tables + features (+ encoders) -> a model folder + history;
+train: tables + features (+ the text_encoder stage's encoders) -> a model folder + history
+(stage text_encoder is train without encoders: it fine-tunes them);
 evaluate: a checkpoint + features -> metrics JSON, confusion/prediction CSVs and a PNG;
-report: metrics of several objectives -> one table and one bar plot. Train and evaluate are
-each one MLflow run.
+Train and evaluate are each one MLflow run. (featurize: :mod:`hlm12erc.features.featurize`;
+report: :mod:`hlm12erc.report`.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import sys
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
 
-import numpy as np
 import pandas as pd
 
 from hlm12erc import tracking
-from hlm12erc.config import ConfigError, ObjectiveConfig, Params
-from hlm12erc.features.store import TABLE_SPLITS, FeatureSet, featurize_tables
+from hlm12erc.config import ConfigError, Params
+from hlm12erc.data.meld import absent_modalities, absent_warning
+from hlm12erc.features.store import FeatureSet
 from hlm12erc.models.erc import ErcModel
 from hlm12erc.training.metrics import compute_metrics, confusion, report_text
 from hlm12erc.training.trainer import HISTORY_COLUMNS, new_model, select_device, set_cpu_threads
-
-
-def featurize_stage(params: Params, tables_dir: str | Path, out_dir: str | Path) -> dict[str, FeatureSet]:
-    from hlm12erc.data.meld import load_table
-
-    for split in TABLE_SPLITS:  # bad rows fail before any slow work
-        if (Path(tables_dir) / f"{split}.csv").exists():
-            load_table(Path(tables_dir) / f"{split}.csv", params.labels)
-    tracking.ensure_store()  # once, before train/evaluate runs may start in parallel
-    return featurize_tables(tables_dir, out_dir, params.features, params.labels)
 
 
 def load_split(features_dir: str | Path, tables_dir: str | Path, split: str) -> FeatureSet:
@@ -90,8 +81,12 @@ def train_stage(params: Params, objective_name: str, tables_dir: str | Path, fea
     encoders = ErcModel.load(encoders_dir) if model.config.encoder is not None and encoders_dir else None
     device = select_device(params.train.device)
     main = is_main_process()
+    absent = absent_modalities(train, objective.modalities)
+    if absent and main:
+        print(absent_warning(objective.name, absent, f"{objective.train_table}.csv"), file=sys.stderr)
     logged = {"objective": asdict(objective), "train": asdict(params.train), "labels": params.labels,
               "features": asdict(params.features), "device": str(device),
+              "absent_modalities": ",".join(absent) or "none",
               **({"text_encoder": asdict(params.text_encoder)} if model.config.encoder else {})}
     with tracking.start_run("train", objective.name, logged) if main else contextlib.nullcontext():
         model.fit(train, valid, train_set, valid_set, params, encoders_from=encoders, device=device,
@@ -102,7 +97,7 @@ def train_stage(params: Params, objective_name: str, tables_dir: str | Path, fea
         if main:
             _write_history(history, Path(plots_dir) / "history.csv")
             model.save(out_dir)
-            tracking.log_metrics({"best_valid_weighted_f1": best,
+            tracking.log_metrics({"best_valid_weighted_f1": best, **model.timings,
                                   **{f"{k}_best_valid_weighted_f1": v["best_valid_weighted_f1"]
                                      for k, v in parts.items()}})
             tracking.log_artifacts(out_dir, "model")
@@ -123,7 +118,11 @@ def evaluate_stage(params: Params, model_dir: str | Path, tables_dir: str | Path
     probs = model.predict_proba(table, features, batch_size=params.train.eval_batch_size)
     predicted = [labels[i] for i in probs.argmax(1)]
     actual = table["label"].astype(str).tolist()
-    metrics = {"objective": name, "split": split, **compute_metrics(actual, predicted, labels)}
+    absent = absent_modalities(table, model.modalities)
+    if absent:
+        print(absent_warning(name, absent, f"{split}.csv"), file=sys.stderr)
+    metrics = {"objective": name, "split": split, **compute_metrics(actual, predicted, labels),
+               "absent_modalities": absent}
     report = report_text(actual, predicted, labels)
     counts = confusion(actual, predicted, labels)
 
@@ -149,53 +148,3 @@ def evaluate_stage(params: Params, model_dir: str | Path, tables_dir: str | Path
         tracking.log_text(report, "classification_report.txt")
         tracking.log_artifacts(model_dir, "model")
     return metrics, report
-
-
-def _describe(objective, params: Params) -> tuple[str, str, str]:
-    """(modalities, fusion, loss) of an objective, as the report table shows them."""
-    text = "fine-tuned text" if objective.text == "finetuned" else "text"
-    modalities = "+".join(text if m == "text" else m for m in objective.modalities)
-    if objective.fusion == "none":
-        return modalities, f"{params.text_encoder.folds} encoder(s)", params.text_encoder.loss
-    loss = objective.loss
-    if objective.aux_loss != "none":
-        loss = f"{loss} + {objective.aux_weight:g} {objective.aux_loss}"
-    fusion = "linear" if objective.hidden == 0 else objective.fusion
-    if objective.dialogue != "none":
-        fusion += f" + {objective.dialogue} dialogue"
-    return modalities, fusion, loss
-
-
-REPORT_COLUMNS = ("objective", "modalities", "fusion", "loss", "accuracy", "weighted_f1", "macro_f1")
-
-
-def report_stage(params: Params, metrics_dir: str | Path, objectives: Sequence[str], out_md: str | Path,
-                 out_csv: str | Path, out_plot: str | Path) -> pd.DataFrame:
-    """One row per objective from ``metrics_dir/<objective>.json``; markdown, CSV and a bar plot."""
-    rows = []
-    for name in objectives:
-        path = Path(metrics_dir) / f"{name}.json"
-        if not path.exists():
-            raise ConfigError(f"{path} not found: evaluate objective '{name}' first (`dvc repro evaluate@{name}`)")
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-        objective = params.objectives.get(name)
-        modalities, fusion, loss = _describe(objective, params) if objective else ("?", "?", "?")
-        rows.append({"objective": name, "modalities": modalities, "fusion": fusion, "loss": loss,
-                     **{k: round(float(metrics[k]), 4) for k in ("accuracy", "weighted_f1", "macro_f1")}})
-    table = pd.DataFrame(rows, columns=list(REPORT_COLUMNS))
-    for path in (out_md, out_csv, out_plot):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out_csv, index=False)
-    Path(out_md).write_text(markdown_table(table) + "\n", encoding="utf-8")
-    from hlm12erc.plots import plot_objectives
-
-    plot_objectives(table, out_plot)
-    return table
-
-
-def markdown_table(table: pd.DataFrame) -> str:
-    header = "| " + " | ".join(table.columns) + " |"
-    rule = "| " + " | ".join("---:" if pd.api.types.is_numeric_dtype(table[c]) else "---" for c in table.columns) + " |"
-    body = ["| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row) + " |"
-            for row in table.itertuples(index=False)]
-    return "\n".join([header, rule, *body])

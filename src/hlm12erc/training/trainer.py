@@ -20,8 +20,9 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,9 +33,19 @@ from tqdm import tqdm
 from hlm12erc.config import ConfigError, ObjectiveConfig, Params, TextEncoderParams, resolve_jobs
 from hlm12erc.data import context
 from hlm12erc.data.meld import check_labels
-from hlm12erc.models.erc import (EncoderConfig, ErcModel, FusionHead, HeadConfig, ModelConfig, TextEncoder,
-                                 DialogueInputs, build_text_encoder, collate_pairs, default_model_path,
-                                 load_tokenizer)
+from hlm12erc.models.erc import (
+    DialogueInputs,
+    EncoderConfig,
+    ErcModel,
+    FusionHead,
+    HeadConfig,
+    ModelConfig,
+    TextEncoder,
+    build_text_encoder,
+    collate_pairs,
+    default_model_path,
+    load_tokenizer,
+)
 from hlm12erc.models.losses import Criterion, LossConfig
 from hlm12erc.training import distributed
 from hlm12erc.training.metrics import scores_from_logits
@@ -333,7 +344,7 @@ class HeadInputs:
     speaker: np.ndarray
     prior: np.ndarray | None = None  # (N, C) the text classifier's logits, for residual heads
 
-    def with_text(self, text: np.ndarray, prior: np.ndarray | None = None) -> "HeadInputs":
+    def with_text(self, text: np.ndarray, prior: np.ndarray | None = None) -> HeadInputs:
         """The same rows read through one text encoder: its pooled vectors and classifier logits."""
         return replace(self, arrays={**self.arrays, "text": text}, prior=prior)
 
@@ -501,8 +512,8 @@ def fit_encoders(model: ErcModel, train: pd.DataFrame, valid: pd.DataFrame, para
             histories += result.history
             encoders.append(encoder.cpu())
             seen.append(sorted(set(context.dialogue_ids(part))))
+            model.timings[f"encoder{k}_epoch_seconds"] = result.seconds / max(1, len(result.history))
             model.info[f"encoder{k}"] = {"best_epoch": result.best_epoch, "n_train": len(part),
-                                         "seconds": round(result.seconds / max(1, len(result.history)), 1),
                                          "best_valid_weighted_f1": result.best_valid_weighted_f1,
                                          "stopped_by_budget": result.stopped_by_budget}
         dist.barrier()
@@ -598,7 +609,6 @@ def fit(model: ErcModel, train: pd.DataFrame, valid: pd.DataFrame, train_feature
     benchmark sweeping heads over one set of encoders computes them once).
     """
     device = device or select_device(params.train.device)
-    labels = model.labels
     for name, table in (("train", train), ("valid", valid)):
         if len(table) == 0:
             raise ValueError(f"{name} split is empty; check data/tables")
