@@ -1,4 +1,5 @@
-"""The model-side stage scripts end to end on synthetic tables: featurize -> text_encoder -> train -> evaluate -> report.
+"""The model-side stage scripts end to end on synthetic tables: featurize -> text_encoder (train.py for
+text_finetune without --encoders) -> train -> evaluate -> report.
 
 The fine-tuned text encoders are a tiny random BERT (tests/finetune_support.save_tiny_bert), one epoch each."""
 
@@ -47,8 +48,9 @@ def test_stages_end_to_end(erc_tables, fast_params, erc_mlflow_uri, tmp_path, ca
                                      "--out", str(features)]) == 0
     assert {p.name for p in features.iterdir()} == {"train", "valid", "test", "sample"}
     encoders = tmp_path / "models" / "text_encoder"
-    assert script("text_encoder").main(["--params", str(fast_params), "--tables", str(erc_tables), "--out",
-                                        str(encoders), "--plots", str(tmp_path / "plots" / "text_encoder")]) == 0
+    assert script("train").main(["--params", str(fast_params), "--objective", "text_finetune", "--tables",
+                                 str(erc_tables), "--features", str(tmp_path / "unused"), "--out", str(encoders),
+                                 "--plots", str(tmp_path / "plots" / "text_encoder")]) == 0  # stage text_encoder
     assert sorted(p.name for p in encoders.glob("encoder_*.pt")) == ["encoder_0.pt", "encoder_1.pt"]
     encoder_history = pd.read_csv(tmp_path / "plots" / "text_encoder" / "history.csv")
     assert encoder_history["part"].tolist() == ["encoder0", "encoder1"]
@@ -111,7 +113,7 @@ def test_stages_end_to_end(erc_tables, fast_params, erc_mlflow_uri, tmp_path, ca
     from hlm12erc import tracking
     runs = MlflowClient(erc_mlflow_uri).search_runs([tracking.ensure_store()])
     assert sorted(r.info.run_name for r in runs) == ["evaluate-final", "evaluate-mock", "train-final", "train-mock",
-                                                     "train-text_encoder"]
+                                                     "train-text_finetune"]
     assert all(r.info.status == "FINISHED" for r in runs)
 
 
@@ -158,8 +160,9 @@ def test_finetune_objective_trains_and_evaluates_through_the_stage_scripts(erc_t
     import mlflow
 
     encoders = tmp_path / "models" / "text_encoder"
-    assert script("text_encoder").main(["--params", str(fast_params), "--tables", str(erc_tables), "--out",
-                                        str(encoders), "--plots", str(tmp_path / "plots" / "text_encoder")]) == 0
+    assert script("train").main(["--params", str(fast_params), "--objective", "text_finetune", "--tables",
+                                 str(erc_tables), "--features", str(tmp_path / "unused"), "--out", str(encoders),
+                                 "--plots", str(tmp_path / "plots" / "text_encoder")]) == 0  # stage text_encoder
     model, plots = tmp_path / "models" / "tf", tmp_path / "plots" / "tf"
     assert script("train").main(["--params", str(fast_params), "--objective", "text_finetune", "--tables",
                                  str(erc_tables), "--features", str(tmp_path / "unused"), "--encoders", str(encoders),
@@ -183,7 +186,7 @@ def test_finetune_objective_trains_and_evaluates_through_the_stage_scripts(erc_t
     assert pd.read_csv(own_plots / "history.csv")["part"].tolist() == ["encoder0", "encoder1"]
     mlflow.set_tracking_uri(erc_mlflow_uri)
     runs = mlflow.search_runs(experiment_names=["hlm12erc"])
-    assert {"train-text_encoder", "train-text_finetune", "evaluate-text_finetune"} <= set(runs["tags.mlflow.runName"])
+    assert {"train-text_finetune", "evaluate-text_finetune"} <= set(runs["tags.mlflow.runName"])
 
 
 def test_finetune_objective_must_be_text_only(erc_tables, fast_params, tmp_path, capsys):
