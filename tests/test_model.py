@@ -104,7 +104,7 @@ def test_attention_needs_hidden_divisible_by_heads():
 def test_bad_head_configs_fail_clearly():
     with pytest.raises(ValueError, match="dialogue='sideways' is not known"):
         HeadConfig(modalities=["text"], input_dims={"text": 4}, hidden=8, dialogue="sideways")
-    with pytest.raises(ValueError, match="dialogue context needs hidden > 0"):
+    with pytest.raises(ValueError, match="dialogue context and residual heads need hidden > 0"):
         HeadConfig(modalities=["text"], input_dims={"text": 4}, hidden=0, dialogue="past")
     with pytest.raises(ValueError, match="fusion='none' is not known"):
         HeadConfig(modalities=["text"], input_dims={"text": 4}, fusion="none")

@@ -66,8 +66,6 @@ def test_an_unknown_fusion_fails_clearly():
         new_model(ObjectiveConfig(name="x", fusion="sum"), Params(), {"text": 12, "audio": 8, "visual": 6})
 
 
-@pytest.mark.xfail(strict=True, reason="src gap: config._check_objective does not check dialogue/fusion names, so "
-                                       "train.py reports the missing features first and `sideways` only after featurize")
 def test_the_train_script_reports_a_bad_dialogue_in_one_line(tmp_path, capsys):
     """Through pipeline/train.py: exit 2, one line on stderr naming the bad choice, before reading any data."""
     import importlib.util

