@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +103,8 @@ def main() -> None:
     (out / f"rank{rank}.json").write_text(json.dumps({
         "rank": rank, "world_size": dist.world_size, "epochs_run": len(result.history),
         "best_epoch": result.best_epoch, "best_valid_weighted_f1": result.best_valid_weighted_f1,
-        "train_loss": [r["train_loss"] for r in result.history], "valid_loss": [r["valid_loss"] for r in result.history],
+        "train_loss": [r["train_loss"] for r in result.history],
+        "valid_loss": [r["valid_loss"] for r in result.history],
         "on_epoch_calls": calls}))
 
 

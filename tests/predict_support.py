@@ -22,7 +22,6 @@ def tiny_text_encoder_params(params, folder: Path):
     """params with a tiny random BERT (saved under ``folder``) as the fine-tuned text encoders: two cross-fitted
     folds (the averaged path), one quick epoch each."""
     from finetune_support import save_tiny_bert
-
     from hlm12erc.models.erc import default_model_path, load_tokenizer
 
     tiny = folder / "tiny_bert"

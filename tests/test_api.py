@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import ERC_LABELS
 
+from conftest import ERC_LABELS
 from hlm12erc.config import ConfigError, Params, TrainParams, load_params
-from hlm12erc.models.erc import ErcModel
 from hlm12erc.modelling import ERCConfigLoader, ERCModel
+from hlm12erc.models.erc import ErcModel
 from hlm12erc.training import ERCDataCollator, ERCEvaluator, ERCMetricCalculator, ERCTrainer, MeldDataset
 
 

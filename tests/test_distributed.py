@@ -1,7 +1,8 @@
 """DistributedDataParallel fine-tuning: 2 CPU processes under torchrun (gloo) vs one process.
 
 The worker (tests/finetune_support.py) trains one text encoder through the one training loop
-(``EncoderTask`` + ``train_loop`` with ``distributed.process_group``). The tiny BERT has no dropout and the data leave a short last batch of one row, so rank 1 of 2
+(``EncoderTask`` + ``train_loop`` with ``distributed.process_group``). The tiny BERT has no dropout
+and the data leave a short last batch of one row, so rank 1 of 2
 gets an empty share at the end of each epoch: the zero-weight step and the loss scaling are
 both exercised. Two ranks must end with identical weights, and those must match the
 one-process run on the same data (same global batches, same seed) up to float rounding.
@@ -21,7 +22,7 @@ import pytest
 import yaml
 
 torch = pytest.importorskip("torch")
-from finetune_support import LABELS, save_tiny_bert  # noqa: E402
+from finetune_support import save_tiny_bert  # noqa: E402
 from hlm12erc.config import PARAMS_FILE, PROJECT_ROOT  # noqa: E402
 from hlm12erc.models.erc import default_model_path, load_tokenizer  # noqa: E402
 from hlm12erc.training import distributed  # noqa: E402

@@ -3,13 +3,13 @@
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ERC_LABELS
 
+from conftest import ERC_LABELS
 from hlm12erc.config import AudioFeatureParams, VisualFeatureParams
+from hlm12erc.data.context import previous_turns
 from hlm12erc.data.meld import load_table
 from hlm12erc.features.audio import LogMelEncoder, audio_features, build_audio_encoder, read_wav
 from hlm12erc.features.store import FeatureSet
-from hlm12erc.data.context import previous_turns
 from hlm12erc.features.text import EMBEDDING_DIM
 from hlm12erc.features.visual import build_frame_encoder, visual_features
 

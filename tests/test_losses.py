@@ -8,8 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from hlm12erc.config import ObjectiveConfig
-from hlm12erc.models.losses import (batch_hard_triplet_loss, build_criterion, class_weights, dice_loss,
-                                    focal_loss, supervised_contrastive_loss)
+from hlm12erc.models.losses import (
+    batch_hard_triplet_loss,
+    build_criterion,
+    class_weights,
+    dice_loss,
+    focal_loss,
+    supervised_contrastive_loss,
+)
 
 LOGITS = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0], [0.0, 0.0, 3.0], [1.0, 1.0, 1.0]])
 TARGETS = torch.tensor([0, 1, 2, 0])

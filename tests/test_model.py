@@ -11,7 +11,8 @@ DIMS = {"text": 10, "audio": 6, "visual": 4}
 LABELS = ["a", "b", "c"]
 
 
-def make_model(fusion: str, hidden: int = 16, seed: int = 0, dialogue: str = "none", dropout: float = 0.3) -> FusionHead:
+def make_model(fusion: str, hidden: int = 16, seed: int = 0, dialogue: str = "none",
+               dropout: float = 0.3) -> FusionHead:
     torch.manual_seed(seed)
     return FusionHead(HeadConfig(modalities=list(DIMS), input_dims=DIMS, hidden=hidden, fusion=fusion, heads=4,
                                  dropout=dropout, dialogue=dialogue), LABELS)
@@ -57,7 +58,8 @@ def test_masked_modality_values_are_ignored(fusion, hidden):
     changed["text"][2] -= 50.0  # row 2 has text masked
     after = model(changed, mask).logits
     assert torch.allclose(before, after, atol=1e-5)
-    changed["text"][0] += torch.linspace(-3, 3, 10)  # row 0 has text present: must matter (not a constant shift: LayerNorm removes those)
+    # row 0 has text present: it must matter (not a constant shift: LayerNorm removes those)
+    changed["text"][0] += torch.linspace(-3, 3, 10)
     assert not torch.allclose(model(changed, mask).logits[0], before[0])
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import ERC_LABELS
 
+from conftest import ERC_LABELS
 from hlm12erc.config import PARAMS_FILE, PROJECT_ROOT
 
 PIPELINE = PROJECT_ROOT / "pipeline"
@@ -30,7 +30,6 @@ def script(name: str):
 @pytest.fixture(scope="module")
 def fast_params(tmp_path_factory) -> Path:
     from finetune_support import save_tiny_bert
-
     from hlm12erc.models.erc import default_model_path, load_tokenizer
 
     tiny = save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), load_tokenizer(default_model_path()))

@@ -10,12 +10,12 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ERC_LABELS
-from predict_support import CONVERSATION, train_tiny_model, write_conversation
 
+from conftest import ERC_LABELS
 from hlm12erc import cli
 from hlm12erc.config import PROJECT_ROOT
-from hlm12erc.predict import Predictor, PredictError, check_conversation, read_conversation
+from hlm12erc.predict import PredictError, Predictor, check_conversation, read_conversation
+from predict_support import CONVERSATION, train_tiny_model, write_conversation
 
 P_COLUMNS = [f"p_{label}" for label in ERC_LABELS]
 

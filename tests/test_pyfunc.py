@@ -17,12 +17,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import ERC_LABELS
-from predict_support import CONVERSATION, train_tiny_model
 
+from conftest import ERC_LABELS
 from hlm12erc.config import PARAMS_FILE, PROJECT_ROOT
 from hlm12erc.predict import Predictor
 from hlm12erc.pyfunc import model_fingerprint
+from predict_support import CONVERSATION, train_tiny_model
 
 P_COLUMNS = [f"p_{label}" for label in ERC_LABELS]
 SERVE_TIMEOUT_S = 90

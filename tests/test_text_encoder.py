@@ -22,11 +22,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch = pytest.importorskip("torch")
 from conftest import erc_random_features  # noqa: E402
 from finetune_support import LABELS, make_table, save_tiny_bert  # noqa: E402
-
 from hlm12erc.config import ConfigError, ObjectiveConfig, Params, TextEncoderParams, TrainParams  # noqa: E402
 from hlm12erc.data import context  # noqa: E402
-from hlm12erc.models.erc import (EncoderConfig, ErcModel, collate_pairs, default_model_path,  # noqa: E402
-                                 load_tokenizer)
+from hlm12erc.models.erc import EncoderConfig, ErcModel, collate_pairs, default_model_path, load_tokenizer  # noqa: E402
 from hlm12erc.training import trainer  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -183,7 +181,8 @@ def test_training_reduces_loss_and_writes_checkpoint(tmp_path, tiny_model_dir):
     probs = ErcModel.load(tmp_path / "m").predict_proba(valid)
     assert probs.shape == (len(valid), len(LABELS)) and np.allclose(probs.sum(1), 1, atol=1e-5)
     y = trainer.label_ids(valid, LABELS)
-    assert np.isclose(f1_score(y, probs.argmax(1), average="weighted"), model.info["encoder0"]["best_valid_weighted_f1"])
+    best = model.info["encoder0"]["best_valid_weighted_f1"]
+    assert np.isclose(f1_score(y, probs.argmax(1), average="weighted"), best)
 
 
 def test_save_load_round_trip_gives_identical_probabilities(tmp_path, tiny_model_dir):

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import ERC_LABELS, ERC_TEXTS, erc_random_features
 
+from conftest import ERC_LABELS, ERC_TEXTS, erc_random_features
 from hlm12erc.config import ObjectiveConfig, Params, TextEncoderParams, TrainParams, load_params
 from hlm12erc.data.meld import DataError
 from hlm12erc.models.erc import ErcModel, default_model_path, load_tokenizer

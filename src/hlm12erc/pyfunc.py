@@ -4,8 +4,8 @@
 + ``head.pt`` and/or ``encoder_K.pt`` + ``tokenizer/``) shipped as the artifact ``model_dir``; its
 feature params are in that folder's config.json and the extract params (frames, frame size,
 sample rate) in the pyfunc ``model_config``. Frozen encoders (MiniLM, the media encoders) come
-from their installed packages, never from the artifacts. The ``hlm12erc`` package itself is shipped as ``code_paths`` so a served model
-runs the code it was trained with.
+from their installed packages, never from the artifacts. The ``hlm12erc`` package itself is
+shipped as ``code_paths`` so a served model runs the code it was trained with.
 
 ``predict(context, model_input)`` takes conversation rows (``speaker, text``, optional
 ``clip`` and ``dialogue``) and returns :meth:`hlm12erc.predict.Predictor.predict`'s frame:
