@@ -150,7 +150,7 @@ def test_train_nproc_makes_the_stage_launch_torchrun(tiny_model_dir, erc_tables,
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["hlm12erc"])
     assert runs["tags.mlflow.runName"].tolist() == ["train-text_finetune"]  # one run, from rank 0
-    assert runs["params.nproc"].tolist() == ["2"]
+    assert runs["params.train.nproc"].tolist() == ["2"]
 
 
 def test_bad_nproc_is_one_line_error(tmp_path):

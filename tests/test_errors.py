@@ -195,7 +195,7 @@ def test_register_metrics_that_are_not_a_metrics_object(tmp_path, capsys, conten
 # ----------------------------------------------------------------------------- pipes
 
 
-def test_predict_into_a_closed_pipe_exits_quietly(erc_features_dir, tmp_path) -> None:
+def test_predict_into_a_closed_pipe_exits_quietly(erc_features_dir, erc_tables, tmp_path) -> None:
     """`hlm12erc predict conv.csv | head -1`: no "Broken pipe" line, no traceback, the SIGPIPE status."""
     import os
     import subprocess
@@ -203,7 +203,7 @@ def test_predict_into_a_closed_pipe_exits_quietly(erc_features_dir, tmp_path) ->
 
     from predict_support import train_tiny_model, write_conversation
 
-    model = train_tiny_model(tmp_path / "model", erc_features_dir, objective="text", epochs=1)
+    model = train_tiny_model(tmp_path / "model", erc_features_dir, erc_tables, objective="text", epochs=1)
     conversation = write_conversation(tmp_path / "conv", "csv")
     env = os.environ | {"PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     reader, writer = os.pipe()

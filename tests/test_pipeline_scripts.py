@@ -79,7 +79,9 @@ def test_stages_end_to_end(erc_tables, fast_params, erc_mlflow_uri, tmp_path, ca
                                         str(erc_tables), "--features", str(features), "--split", "test",
                                         "--metrics", str(metrics_path), "--plots", str(plots)]) == 0
         metrics = json.loads(metrics_path.read_text())
-        assert set(metrics) == {"objective", "split", "n", "accuracy", "weighted_f1", "macro_f1", "per_class"}
+        assert set(metrics) == {"objective", "split", "n", "accuracy", "weighted_f1", "macro_f1", "per_class",
+                                "absent_modalities"}
+        assert metrics["absent_modalities"] == []  # the synthetic tables have clips
         assert metrics["objective"] == name and metrics["split"] == "test" and metrics["n"] == 14
         assert list(metrics["per_class"]) == ERC_LABELS
         assert set(metrics["per_class"]["joy"]) == {"precision", "recall", "f1", "support"}
