@@ -174,30 +174,47 @@ class FaceDetector:
         else:
             raise ValueError(f"features.visual.faces='{kind}' is not known; use mtcnn, haar or none")
 
-    @torch.no_grad()
     def __call__(self, rgb: np.ndarray) -> list[tuple[int, int, int, int]]:
-        height, width = rgb.shape[:2]
+        return self.detect_many([rgb])[0]
+
+    @torch.no_grad()
+    def detect_many(self, frames: list[np.ndarray]) -> list[list[tuple[int, int, int, int]]]:
+        """Boxes per frame, largest first; MTCNN runs the frames of a clip as one batch when they share a size."""
         if self.kind == "mtcnn":
-            boxes, probs = self.mtcnn.detect(rgb)
-            if boxes is None:
-                return []
-            found = [tuple(int(round(v)) for v in b) for b, p in zip(boxes, probs) if p is not None and p >= 0.9]
+            if len({f.shape for f in frames}) == 1:
+                batch_boxes, batch_probs = self.mtcnn.detect(np.stack(frames))
+            else:
+                detected = [self.mtcnn.detect(f) for f in frames]
+                batch_boxes, batch_probs = [d[0] for d in detected], [d[1] for d in detected]
+            found = [[] if boxes is None else
+                     [tuple(int(round(v)) for v in b) for b, p in zip(boxes, probs) if p is not None and p >= 0.9]
+                     for boxes, probs in zip(batch_boxes, batch_probs)]
         else:
-            gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-            found = [(x, y, x + w, y + h) for x, y, w, h in
-                     self.cascade.detectMultiScale(gray, 1.1, 5, minSize=(self.min_face, self.min_face))]
-        clipped = [(max(0, x0), max(0, y0), min(width, x1), min(height, y1)) for x0, y0, x1, y1 in found]
-        clipped = [b for b in clipped if b[2] - b[0] >= 8 and b[3] - b[1] >= 8]
+            found = []
+            for rgb in frames:
+                gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+                found.append([(x, y, x + w, y + h) for x, y, w, h in
+                              self.cascade.detectMultiScale(gray, 1.1, 5, minSize=(self.min_face, self.min_face))])
+        return [self._tidy(boxes, rgb.shape[:2]) for boxes, rgb in zip(found, frames)]
+
+    @staticmethod
+    def _tidy(boxes: list, shape: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+        height, width = shape
+        clipped = [(max(0, x0), max(0, y0), min(width, x1), min(height, y1)) for x0, y0, x1, y1 in boxes]
+        clipped = [(int(a), int(b), int(c), int(d)) for a, b, c, d in clipped if c - a >= 8 and d - b >= 8]
         return sorted(clipped, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))
 
 
-def largest_face(rgb: np.ndarray, detector: FaceDetector, margin: float = 0.1) -> np.ndarray | None:
-    """The grey crop of the largest face (a small margin added), or None when there is none."""
-    boxes = detector(rgb)
-    if not boxes:
-        return None
-    x0, y0, x1, y1 = boxes[0]
+def crop_face(rgb: np.ndarray, box: tuple[int, int, int, int], margin: float = 0.1) -> np.ndarray:
+    """The grey crop of ``box`` with a small margin added."""
+    x0, y0, x1, y1 = box
     dx, dy = int((x1 - x0) * margin), int((y1 - y0) * margin)
     height, width = rgb.shape[:2]
     crop = rgb[max(0, y0 - dy): min(height, y1 + dy), max(0, x0 - dx): min(width, x1 + dx)]
     return cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
+
+
+def largest_face(rgb: np.ndarray, detector: FaceDetector, margin: float = 0.1) -> np.ndarray | None:
+    """The grey crop of the largest face, or None when there is none."""
+    boxes = detector(rgb)
+    return crop_face(rgb, boxes[0], margin) if boxes else None

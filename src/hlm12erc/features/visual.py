@@ -117,9 +117,9 @@ class FaceEncoder:
         self.dim = FACE_DIM + 1 if self.fer is not None else face_size * face_size
 
     def __call__(self, frames: list[np.ndarray]) -> tuple[np.ndarray, bool]:
-        from hlm12erc.features.faces import largest_face
+        from hlm12erc.features.faces import crop_face
 
-        crops = [c for c in (largest_face(f, self.detector) for f in frames) if c is not None]
+        crops = [crop_face(f, boxes[0]) for f, boxes in zip(frames, self.detector.detect_many(frames)) if boxes]
         if self.fer is not None:
             if not crops:
                 return np.zeros(self.dim, np.float32), False

