@@ -8,9 +8,9 @@ row of zeros with mask False: the model reads the mask and never the zeros.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -59,7 +59,7 @@ class FeatureSet:
         self.index.to_csv(folder / "index.csv", index=False)
 
     @classmethod
-    def load(cls, folder: str | Path) -> "FeatureSet":
+    def load(cls, folder: str | Path) -> FeatureSet:
         folder = Path(folder)
         needed = [f"{m}.npy" for m in MODALITIES] + ["mask.npy", "face_found.npy", "index.csv"]
         missing = [name for name in needed if not (folder / name).exists()]

@@ -17,8 +17,9 @@ from __future__ import annotations
 import functools
 import io
 import struct
+from collections.abc import Iterable
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import BinaryIO
 
 import numpy as np
 import torch
