@@ -168,7 +168,7 @@ def test_missing_wheel_is_one_line_naming_the_package(monkeypatch):
     with pytest.raises(ValueError, match="whisper_size='large' is not known"):
         build_audio_encoder(AudioFeatureParams(whisper_size="large"))
     with pytest.raises(ValueError, match="faces='retina' is not known"):
-        visual_features(pd.DataFrame({"x_visual": []}), VisualFeatureParams(faces="retina"))
+        visual_features(pd.DataFrame({"x_visual": []}), VisualFeatureParams(encoder="stats", faces="retina"))
     with pytest.raises(ValueError, match="encoder='clip' is not known"):
         visual_features(pd.DataFrame({"x_visual": []}), VisualFeatureParams(encoder="clip"))
 

@@ -38,6 +38,7 @@ def _load(device: str) -> torch.nn.Module:
 
 def letterbox(rgb: np.ndarray, size: int = SIZE) -> np.ndarray:
     """Resize keeping the aspect ratio, pad to size x size with black."""
+    rgb = np.ascontiguousarray(rgb)
     height, width = rgb.shape[:2]
     scale = size / max(height, width)
     new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))

@@ -11,7 +11,8 @@ Faces (``faces: mtcnn | haar | none``): the detector runs on every frame; the la
 each frame is encoded with ``face_model``:
   ``fer``   the FER2013 mini-Xception: 7 probabilities + 128-d embedding, averaged over the
             frames that have a face, then the share of the K frames with a face (136 floats).
-  ``crop``  a ``face_size`` x ``face_size`` histogram-equalised grey crop of the largest face.
+  ``crop``  the legacy feature, unchanged: a ``face_size`` x ``face_size`` histogram-equalised grey
+            crop of the largest Haar face (``faces`` must not be none; the detector is Haar).
 A row where no frame has a face gets ``face_found`` False (face_found.npy): with ``fer`` its
 face part is zeros *and* its face-share feature is 0, so the model sees "no face" as a value,
 not as a face; with ``crop`` the central half of the middle frame stands in (legacy).
@@ -111,28 +112,43 @@ class FaceEncoder:
             face_model = "crop"
         if face_model not in ("fer", "crop"):
             raise ValueError(f"features.visual.face_model='{face_model}' is not known; use fer or crop")
-        self.detector = FaceDetector(detector, min_face)
         self.face_size = face_size
         self.fer = FerEncoder() if face_model == "fer" else None
+        if self.fer is not None:
+            self.detector = FaceDetector(detector, min_face)
+        else:  # crop: the legacy feature (Haar only, its old settings)
+            self.legacy_cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) /
+                                                            "haarcascade_frontalface_default.xml"))
         self.dim = FACE_DIM + 1 if self.fer is not None else face_size * face_size
 
     def __call__(self, frames: list[np.ndarray]) -> tuple[np.ndarray, bool]:
         from hlm12erc.features.faces import crop_face
 
+        if self.fer is None:
+            return self._legacy_crop(frames)
         crops = [crop_face(f, boxes[0]) for f, boxes in zip(frames, self.detector.detect_many(frames)) if boxes]
-        if self.fer is not None:
-            if not crops:
-                return np.zeros(self.dim, np.float32), False
-            encoded = self.fer(crops).mean(0)
-            return np.concatenate([encoded, [len(crops) / len(frames)]]).astype(np.float32), True
-        if crops:
-            best = max(crops, key=lambda c: c.shape[0] * c.shape[1])
-        else:  # legacy fallback: the central half of the middle frame
+        if not crops:
+            return np.zeros(self.dim, np.float32), False
+        encoded = self.fer(crops).mean(0)
+        return np.concatenate([encoded, [len(crops) / len(frames)]]).astype(np.float32), True
+
+    def _legacy_crop(self, frames: list[np.ndarray]) -> tuple[np.ndarray, bool]:
+        """The pre-FER face feature, unchanged so models trained on it featurize the same: the largest
+        Haar face over the frames (its old settings) or the central half of the middle frame."""
+        best, best_area = None, 0
+        for rgb in frames:
+            gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+            min_side = max(16, min(gray.shape) // 8)
+            for x, y, w, h in self.legacy_cascade.detectMultiScale(gray, 1.1, 4, minSize=(min_side, min_side)):
+                if w * h > best_area:
+                    best, best_area = gray[y:y + h, x:x + w], w * h
+        found = best is not None
+        if not found:
             gray = cv2.cvtColor(frames[len(frames) // 2], cv2.COLOR_RGB2GRAY)
             h, w = gray.shape
             best = gray[h // 4: h - h // 4, w // 4: w - w // 4]
         small = cv2.resize(best, (self.face_size, self.face_size), interpolation=cv2.INTER_AREA)
-        return (cv2.equalizeHist(small).astype(np.float32) / 255.0).ravel(), bool(crops)
+        return (cv2.equalizeHist(small).astype(np.float32) / 255.0).ravel(), found
 
 
 class SceneFrameEncoder:
