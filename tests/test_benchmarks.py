@@ -20,13 +20,13 @@ def tiny_model(out_dir: Path) -> Path:
     """A 1-epoch fusion model on random features shaped like the real encoders' output (no featurize)."""
     from hlm12erc.config import PARAMS_FILE, load_params
     from hlm12erc.features.audio import build_audio_encoder
-    from hlm12erc.features.visual import FaceEncoder, build_frame_encoder
+    from hlm12erc.features.visual import build_face_encoder, build_frame_encoder
     from hlm12erc.training.trainer import new_model
 
     params = load_params(PARAMS_FILE)
     visual = params.features.visual
     dims = {"text": 768, "audio": build_audio_encoder(params.features.audio).dim,
-            "visual": build_frame_encoder(visual).dim + FaceEncoder(visual.face_size, visual.face_model).dim}
+            "visual": build_frame_encoder(visual).dim + build_face_encoder(visual).dim}
     objective = dataclasses.replace(params.objective("multimodal"), epochs=1)
     params = dataclasses.replace(params, labels=list(ERC_LABELS),
                                  train=dataclasses.replace(params.train, device="cpu", patience=1))
@@ -67,7 +67,7 @@ def test_pipeline_throughput_quick(erc_tables, tmp_path):
     rows = {cells[0]: cells[1:] for cells in
             ([c.strip() for c in line.strip().strip("|").split("|")] for line in proc.stdout.splitlines()
              if line.startswith("| ") and not re.match(r"\|\s*(modality|conversation)\s*\|", line))}
-    for name in ("text (MiniLM + context)", "audio (log-mel)", "visual (stats + Haar faces)"):
+    for name in ("text (MiniLM + context)", "audio (params encoder)", "visual (params encoders)"):
         utterances, rate, ms, load, rss = rows[name]
         assert int(utterances) == 12
         assert number(rate) > 0 and number(ms) > 0 and number(load) >= 0 and number(rss) > 0

@@ -20,7 +20,7 @@ def test_store_shapes_masks_and_index(erc_features_dir, erc_tables):
         table = pd.read_csv(erc_tables / f"{split}.csv")
         n = len(table)
         assert features.arrays["text"].shape == (n, 2 * EMBEDDING_DIM)
-        assert features.arrays["audio"].shape == (n, 3 * 64 + 9)
+        assert features.arrays["audio"].shape == (n, 2 * 512)  # default: Whisper base mean + std
         assert features.arrays["visual"].shape[0] == n
         assert all(a.dtype == np.float32 for a in features.arrays.values())
         assert features.mask.shape == (n, 3) and features.mask.dtype == bool
@@ -74,10 +74,11 @@ def test_logmel_separates_tones_and_reads_missing_as_none(tmp_path):
 
 def test_visual_falls_back_to_centre_when_no_face_and_flags_it(erc_tables):
     table = load_table(erc_tables / "valid.csv", ERC_LABELS)
-    features, present, face_found = visual_features(table, VisualFeatureParams(), progress=False)
+    legacy = VisualFeatureParams(encoder="stats", faces="haar", face_model="crop")
+    features, present, face_found = visual_features(table, legacy, progress=False)
     assert present.sum() == len(table) - 1 and not face_found.any()  # drawn rectangles are not faces
-    assert features.shape[1] == build_frame_encoder(VisualFeatureParams()).dim + 24 * 24
-    no_faces, _, _ = visual_features(table, VisualFeatureParams(faces="none"), progress=False)
+    assert features.shape[1] == build_frame_encoder(legacy).dim + 24 * 24
+    no_faces, _, _ = visual_features(table, VisualFeatureParams(encoder="stats", faces="none"), progress=False)
     assert no_faces.shape[1] == 25 + 4 * 4
 
 

