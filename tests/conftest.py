@@ -120,7 +120,7 @@ def erc_tables(tmp_path_factory) -> Path:
 def erc_features_dir(erc_tables, tmp_path_factory) -> Path:
     """The synthetic tables featurized once with the real frozen encoders (MiniLM loads once)."""
     from hlm12erc.config import FeatureParams
-    from hlm12erc.features.store import featurize_tables
+    from hlm12erc.features.featurize import featurize_tables
 
     out = tmp_path_factory.mktemp("erc_features")
     featurize_tables(erc_tables, out, FeatureParams(), ERC_LABELS, log=lambda _: None)

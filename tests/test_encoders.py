@@ -177,7 +177,8 @@ def test_featurizer_from_saved_model_params_matches_featurize(erc_tables, erc_fe
     """What `hlm12erc predict` does: FeatureParams from a model folder's config -> Featurizer."""
     from conftest import ERC_LABELS
     from hlm12erc.data.meld import load_table
-    from hlm12erc.features.store import FeatureSet, Featurizer
+    from hlm12erc.features.featurize import Featurizer
+    from hlm12erc.features.store import FeatureSet
 
     (tmp_path / "config.json").write_text(json.dumps({"features": dataclasses.asdict(FeatureParams())}))
     saved = params_from_dict({"features": json.loads((tmp_path / "config.json").read_text())["features"]})

@@ -251,7 +251,8 @@ class Predictor:
         """(N, labels) probabilities and the (N, modalities) present-mask, in table order; the same
         featurizer settings and the same ``predict_proba`` as the evaluate stage."""
         from hlm12erc.config import ConfigError, params_from_dict
-        from hlm12erc.features.store import MODALITIES, Featurizer
+        from hlm12erc.features.featurize import Featurizer
+        from hlm12erc.features.store import MODALITIES
 
         features = None
         if self.model.uses_cached_features:

@@ -8,14 +8,11 @@ row of zeros with mask False: the model reads the mask and never the zeros.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from hlm12erc.config import FeatureParams
 
 MODALITIES = ("text", "audio", "visual")
 TABLE_SPLITS = ("train", "valid", "test", "sample")
@@ -68,50 +65,3 @@ class FeatureSet:
         arrays = {m: np.load(folder / f"{m}.npy") for m in MODALITIES}
         index = pd.read_csv(folder / "index.csv", dtype={"clip_id": str, "label": str}, keep_default_na=False)
         return cls(arrays, np.load(folder / "mask.npy"), np.load(folder / "face_found.npy"), index)
-
-
-class Featurizer:
-    """Holds the frozen encoders (the text model loads once) and turns tables into FeatureSets."""
-
-    def __init__(self, params: FeatureParams, progress: bool = True):
-        self.params = params
-        self.progress = progress
-        self._text_encoder = None
-
-    def __call__(self, table: pd.DataFrame) -> FeatureSet:
-        from hlm12erc.features.audio import audio_features
-        from hlm12erc.features.text import TextEncoder, text_features
-        from hlm12erc.features.visual import visual_features
-
-        if self._text_encoder is None:
-            self._text_encoder = TextEncoder(self.params.text)
-        text, text_present = text_features(table, self.params.text, self._text_encoder)
-        audio, audio_present = audio_features(table, self.params.audio, progress=self.progress)
-        visual, visual_present, face_found = visual_features(table, self.params.visual, progress=self.progress)
-        mask = np.stack([text_present, audio_present, visual_present], axis=1)
-        index = table[list(INDEX_COLUMNS)].reset_index(drop=True).copy()
-        index["clip_id"] = index["clip_id"].astype(str)
-        return FeatureSet({"text": text, "audio": audio, "visual": visual}, mask, face_found, index)
-
-
-def featurize_tables(tables_dir: str | Path, out_dir: str | Path, params: FeatureParams,
-                     labels: list[str] | None = None,
-                     log: Callable[[str], None] = print) -> dict[str, FeatureSet]:
-    """Featurize every ``<split>.csv`` of ``tables_dir`` into ``out_dir/<split>/``."""
-    from hlm12erc.data.meld import load_table
-
-    tables_dir, out_dir = Path(tables_dir), Path(out_dir)
-    present = [s for s in TABLE_SPLITS if (tables_dir / f"{s}.csv").exists()]
-    if "train" not in present:
-        raise FileNotFoundError(f"{tables_dir}/train.csv not found; run `dvc repro tabulate` first")
-    featurizer = Featurizer(params)
-    results = {}
-    for split in present:
-        table = load_table(tables_dir / f"{split}.csv", labels)
-        features = featurizer(table)
-        features.save(out_dir / split)
-        counts = features.mask.sum(0)
-        log(f"{split}: {len(features)} rows; present text={counts[0]} audio={counts[1]} visual={counts[2]}; "
-            f"faces found={int(features.face_found.sum())}; dims={features.dims}")
-        results[split] = features
-    return results

@@ -24,7 +24,8 @@ import torch
 
 from hlm12erc.config import PARAMS_FILE, FeatureParams, ObjectiveConfig, Params, load_params, params_from_dict
 from hlm12erc.data.meld import load_table
-from hlm12erc.features.store import MODALITIES, FeatureSet, Featurizer
+from hlm12erc.features.featurize import Featurizer
+from hlm12erc.features.store import MODALITIES, FeatureSet
 from hlm12erc.models.erc import ErcModel
 from hlm12erc.training.metrics import compute_metrics, report_text
 from hlm12erc.training.trainer import label_ids, new_model, select_device
