@@ -219,3 +219,34 @@ def test_finetuned_model_builds_its_inputs_as_in_training(objective, overrides, 
     if objective == "final":  # the dialogue context matters: a turn alone is predicted otherwise
         alone = predictor.predict(conversation.iloc[[3]])
         assert not np.allclose(alone[P_COLUMNS].to_numpy(), result[P_COLUMNS].to_numpy()[[3]], atol=1e-4)
+
+
+def test_predict_with_a_clip_reads_it_with_the_training_encoders(model_dir, conversation_dir):
+    """The features of a conversation with a clip come from the encoders (and settings) the model was
+    trained with: the FeatureParams saved in its folder, the same Featurizer as the featurize stage."""
+    from dataclasses import asdict
+
+    from hlm12erc.features.featurize import Featurizer
+
+    predictor = Predictor.load(model_dir)
+    seen = {}
+    path = write_conversation(conversation_dir / "encoders", "csv", conversation_dir / "clips" / "joy.mp4")
+    turns = read_conversation(path)
+    original = Featurizer.__call__
+
+    def spy(self, table):
+        seen["params"], seen["table"], seen["features"] = self.params, table.copy(), original(self, table)
+        return seen["features"]
+
+    Featurizer.__call__ = spy
+    try:
+        predictor.predict(turns)
+    finally:
+        Featurizer.__call__ = original
+    saved = json.loads((model_dir / "config.json").read_text())["features"]
+    assert asdict(seen["params"]) == saved
+    assert saved["audio"]["encoder"] == "whisper" and saved["visual"]["faces"] == "mtcnn"  # the defaults
+    assert seen["features"].mask[0].tolist() == [True, True, True]  # turn 1's clip was read
+    again = Featurizer(seen["params"], progress=False)(seen["table"])
+    for modality, values in seen["features"].arrays.items():
+        np.testing.assert_allclose(values, again.arrays[modality], atol=1e-5, err_msg=modality)
