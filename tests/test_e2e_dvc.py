@@ -155,9 +155,10 @@ def test_push_to_a_remote_and_pull_into_a_fresh_clone_reproduces_nothing(demo_cl
         (demo_clone / "data" / "media" / "manifest.csv").read_bytes()  # persist: true still pulls
     frames = sorted(p.relative_to(demo_clone) for p in (demo_clone / "data" / "media").rglob("*.png"))
     assert frames and all((fresh / p).is_file() for p in frames)
-    for model in ("final", "headline"):
-        assert (fresh / "models" / model / "model.pt").read_bytes() == \
-            (demo_clone / "models" / model / "model.pt").read_bytes(), model
+    for model in ("final", "headline"):  # the head and the fine-tuned encoder of the ErcModel folder
+        for name in ("head.pt", "encoder_0.pt", "config.json"):
+            assert (fresh / "models" / model / name).read_bytes() == \
+                (demo_clone / "models" / model / name).read_bytes(), (model, name)
     repro = _dvc(fresh, "repro")
     assert "Running stage" not in repro.stdout, repro.stdout
     assert "up to date" in repro.stdout.lower(), repro.stdout

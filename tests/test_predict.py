@@ -234,8 +234,9 @@ def test_predict_with_a_clip_reads_it_with_the_training_encoders(model_dir, conv
     turns = read_conversation(path)
     original = Featurizer.__call__
 
-    def spy(self, table):
-        seen["params"], seen["table"], seen["features"] = self.params, table.copy(), original(self, table)
+    def spy(self, table):  # a fresh Featurizer of the same params, while predict's temp media still exist
+        seen["params"], seen["features"] = self.params, original(self, table)
+        seen["again"] = original(Featurizer(self.params, progress=False), table)
         return seen["features"]
 
     Featurizer.__call__ = spy
@@ -247,6 +248,5 @@ def test_predict_with_a_clip_reads_it_with_the_training_encoders(model_dir, conv
     assert asdict(seen["params"]) == saved
     assert saved["audio"]["encoder"] == "whisper" and saved["visual"]["faces"] == "mtcnn"  # the defaults
     assert seen["features"].mask[0].tolist() == [True, True, True]  # turn 1's clip was read
-    again = Featurizer(seen["params"], progress=False)(seen["table"])
     for modality, values in seen["features"].arrays.items():
-        np.testing.assert_allclose(values, again.arrays[modality], atol=1e-5, err_msg=modality)
+        np.testing.assert_allclose(values, seen["again"].arrays[modality], atol=1e-5, err_msg=modality)
