@@ -364,13 +364,17 @@ class ErcModel:
         head = self.config.head
         return head is not None and (self.config.text == "frozen" or any(m != "text" for m in head.modalities))
 
+    def modules(self) -> list[nn.Module]:
+        """The trained networks: the text encoders, then the head."""
+        return self.encoders + ([self.head] if self.head is not None else [])
+
     def to(self, device: torch.device | str) -> "ErcModel":
-        for module in self.encoders + ([self.head] if self.head is not None else []):
+        for module in self.modules():
             module.to(device)
         return self
 
     def eval(self) -> "ErcModel":
-        for module in self.encoders + ([self.head] if self.head is not None else []):
+        for module in self.modules():
             module.eval()
         return self
 

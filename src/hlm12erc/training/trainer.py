@@ -573,7 +573,7 @@ def _feature_arrays(model: ErcModel, table: pd.DataFrame, features: Any) -> tupl
 def predict_proba(model: ErcModel, table: pd.DataFrame, features: Any = None, batch_size: int = 64,
                   device: torch.device | str | None = None) -> np.ndarray:
     """Class probabilities of every row of ``table`` (and its cached ``features`` when the model reads any)."""
-    device = torch.device(device) if device is not None else next(_modules(model)[0].parameters()).device
+    device = torch.device(device) if device is not None else next(model.modules()[0].parameters()).device
     n_labels = len(model.labels)
     if len(table) == 0:
         return np.zeros((0, n_labels), dtype=np.float32)
@@ -590,10 +590,6 @@ def predict_proba(model: ErcModel, table: pd.DataFrame, features: Any = None, ba
     probs = [_softmax(head_logits(model.head, base.with_text(p, lg), batch_size, device))
              for p, lg in zip(pooled, logits)]
     return _average(probs, allowed).astype(np.float32)
-
-
-def _modules(model: ErcModel) -> list[nn.Module]:
-    return model.encoders + ([model.head] if model.head is not None else [])
 
 
 def fit(model: ErcModel, train: pd.DataFrame, valid: pd.DataFrame, train_features: Any, valid_features: Any,
