@@ -155,10 +155,12 @@ def test_push_to_a_remote_and_pull_into_a_fresh_clone_reproduces_nothing(demo_cl
         (demo_clone / "data" / "media" / "manifest.csv").read_bytes()  # persist: true still pulls
     frames = sorted(p.relative_to(demo_clone) for p in (demo_clone / "data" / "media").rglob("*.png"))
     assert frames and all((fresh / p).is_file() for p in frames)
-    for model in ("final", "headline"):  # the head and the fine-tuned encoder of the ErcModel folder
-        for name in ("head.pt", "encoder_0.pt", "config.json"):
-            assert (fresh / "models" / model / name).read_bytes() == \
-                (demo_clone / "models" / model / name).read_bytes(), (model, name)
+    assert (fresh / "models" / "final" / "encoder_0.pt").is_file()  # final's fine-tuned text encoder
+    for model in ("final", "headline"):  # headline may be multimodal's after the exp-run test
+        files = sorted(p.relative_to(demo_clone) for p in (demo_clone / "models" / model).rglob("*") if p.is_file())
+        assert files and any(p.name == "head.pt" for p in files), model
+        for name in files:
+            assert (fresh / name).read_bytes() == (demo_clone / name).read_bytes(), name
     repro = _dvc(fresh, "repro")
     assert "Running stage" not in repro.stdout, repro.stdout
     assert "up to date" in repro.stdout.lower(), repro.stdout
