@@ -141,7 +141,8 @@ def variants(params: Params) -> list[tuple[str, ObjectiveConfig]]:
         ("  ablation: bidirectional, 2 dialogue layers", replace(final, dialogue="bidirectional", dialogue_layers=2)),
         ("  ablation: bidirectional, full inverse-frequency class weights",
          replace(final, dialogue="bidirectional", class_weight_power=1.0)),
-        ("  ablation: bidirectional, label smoothing 0.1", replace(final, dialogue="bidirectional", label_smoothing=0.1)),
+        ("  ablation: bidirectional, label smoothing 0.1",
+         replace(final, dialogue="bidirectional", label_smoothing=0.1)),
     ]
 
 

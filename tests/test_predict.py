@@ -182,7 +182,7 @@ def test_read_conversation_accepts_a_list_and_dialogues(tmp_path):
 
 
 @pytest.mark.parametrize("objective,overrides", [
-    ("final", {"modalities": ["text"], "fusion": "concat"}),  # fine-tuned text + bidirectional dialogue context
+    ("final", {"modalities": ["text"], "fusion": "concat"}),  # fine-tuned text + dialogue context (params' final)
     ("text_finetune", {}),  # the encoders alone (fusion: none)
 ])
 def test_finetuned_model_builds_its_inputs_as_in_training(objective, overrides, erc_features_dir, erc_tables, tmp_path):
@@ -196,7 +196,7 @@ def test_finetuned_model_builds_its_inputs_as_in_training(objective, overrides, 
     model = ErcModel.load(model_dir)
     assert model.config.text == "finetuned" and not model.uses_cached_features and len(model.encoders) == 2
     if objective == "final":
-        assert model.config.head.dialogue == "bidirectional"
+        assert model.config.head.dialogue in ("past", "bidirectional")
     test = load_table(erc_tables / "test.csv", ERC_LABELS)
     conversation = _conversation(test)
     conversation["clip"] = ""
