@@ -191,6 +191,9 @@ def test_save_load_round_trip_gives_identical_probabilities(tmp_path, tiny_model
     loaded = ErcModel.load(tmp_path / "a", device="cpu")
     assert not loaded.encoders[0].training and loaded.labels == LABELS
     assert loaded.config.encoder == EncoderConfig(tiny_model_dir, 48, 2, 1, "mean", 0.0)
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())
+    # the network's shape only, not where its weights were read (an absolute path: other bytes in every clone)
+    assert str(tiny_model_dir) not in json.dumps(saved["encoder_architecture"])
     first = loaded.predict_proba(valid, batch_size=3)
     loaded.save(tmp_path / "b")
     second = ErcModel.load(tmp_path / "b").predict_proba(valid, batch_size=16)
