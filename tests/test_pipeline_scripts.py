@@ -105,7 +105,7 @@ def test_stages_end_to_end(erc_tables, fast_params, erc_mlflow_uri, tmp_path, ca
                                       "macro_f1"]
     assert table["objective"].tolist() == ["mock", "final"]
     assert table.loc[1, "loss"] == "weighted_ce + 0.1 triplet"
-    assert table.loc[1, "fusion"] == "attention + bidirectional dialogue"
+    assert table.loc[1, "fusion"] == "attention + past dialogue"  # params.yaml final: attention, dialogue: past
     assert table.loc[1, "modalities"] == "fine-tuned text+audio+visual" and table.loc[0, "modalities"] == "text"
     assert md.read_text().startswith("| objective | modalities |") and png.stat().st_size > 1000
 
