@@ -217,6 +217,32 @@ def test_metrics_keep_absent_classes_and_hand_values():
     assert counts.shape == (7, 7) and counts[ERC_LABELS.index("joy"), ERC_LABELS.index("anger")] == 1
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_metrics_match_scikit_learn(seed):
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    from hlm12erc.training.metrics import scores_from_logits
+
+    rng = np.random.default_rng(seed)
+    actual = [ERC_LABELS[i] for i in rng.choice(6, 200, p=[.3, .05, .05, .2, .3, .1])]  # never "surprise"
+    predicted = [ERC_LABELS[i] for i in rng.integers(0, 5, 200)]  # never "sadness" or "surprise"
+    ours = compute_metrics(actual, predicted, ERC_LABELS)
+    for average in ("weighted", "macro"):
+        theirs = sklearn_metrics.f1_score(actual, predicted, labels=ERC_LABELS, average=average, zero_division=0)
+        assert ours[f"{average}_f1"] == pytest.approx(theirs, abs=1e-12)
+    p, r, f, s = sklearn_metrics.precision_recall_fscore_support(actual, predicted, labels=ERC_LABELS,
+                                                                 zero_division=0)
+    for i, label in enumerate(ERC_LABELS):
+        assert [ours["per_class"][label][k] for k in ("precision", "recall", "f1", "support")] == \
+            pytest.approx([p[i], r[i], f[i], s[i]], abs=1e-12)
+    assert ours["accuracy"] == pytest.approx(sklearn_metrics.accuracy_score(actual, predicted))
+    assert (confusion(actual, predicted, ERC_LABELS) ==
+            sklearn_metrics.confusion_matrix(actual, predicted, labels=ERC_LABELS)).all()
+    y = np.array([ERC_LABELS.index(a) for a in actual])
+    logits = np.eye(7)[[ERC_LABELS.index(p) for p in predicted]]
+    scores = scores_from_logits(logits, y, 7)
+    assert (scores["weighted_f1"], scores["macro_f1"]) == pytest.approx((ours["weighted_f1"], ours["macro_f1"]))
+
+
 def test_predict_proba_checks_feature_widths(splits, tables):
     from hlm12erc.config import ConfigError
 
@@ -264,3 +290,53 @@ def test_a_dialogue_model_predicts_each_dialogue_on_its_own(dialogue, splits, ta
         assert moved[earlier].max() < 1e-6 and moved[~earlier].max() > 1e-5
     else:
         assert moved[earlier].min() > 1e-7 and moved.max() > 1e-5
+
+
+def test_weight_average_is_the_normalised_exponential_mean_and_swaps_back():
+    layer = torch.nn.Linear(1, 1, bias=False)
+    average = trainer.WeightAverage(layer, horizon_steps=2.0)  # decay 0.5
+    values = [4.0, 2.0, 8.0]
+    for v in values:
+        layer.weight.data.fill_(v)
+        average.update()
+    expected = sum(0.5 ** (len(values) - 1 - i) * v for i, v in enumerate(values)) / sum(0.5 ** i for i in range(3))
+    with average.applied():
+        assert layer.weight.item() == pytest.approx(expected)  # (4/4 + 2/2 + 8) / 1.75, no pull towards 0
+    assert layer.weight.item() == 8.0  # the raw weights are back
+
+
+def test_an_averaged_loop_trains_the_same_steps_and_keeps_the_average_it_scored(splits, tables):
+    from hlm12erc.models.losses import Criterion, LossConfig
+
+    config = new_model(ObjectiveConfig(name="t", hidden=8), params_with(), splits[0].dims).config.head
+    inputs = trainer.head_inputs(tables[0], {"text": splits[0].arrays["text"]}, splits[0].mask[:, :1], config)
+    valid = trainer.head_inputs(tables[1], {"text": splits[1].arrays["text"]}, splits[1].mask[:, :1], config)
+    runs = {}
+    for average_epochs in (0.0, 1.0):
+        torch.manual_seed(0)
+        head = trainer.FusionHead(config, ERC_LABELS)
+        scored = []  # the weights each valid scoring saw
+
+        def scorer(head=head, scored=scored):
+            scored.append({k: v.clone() for k, v in head.state_dict().items()})
+            return trainer.head_logits(head, valid, 64, CPU)
+
+        task = trainer.HeadTask(head, inputs, trainer.label_ids(tables[0], ERC_LABELS), scorer,
+                                trainer.label_ids(tables[1], ERC_LABELS))
+        settings = trainer.LoopSettings(epochs=4, batch_size=8, lr=1e-2, patience=10, seed=0,
+                                        average_epochs=average_epochs)
+        result = trainer.train_loop(task, settings, Criterion(LossConfig(), task.y, 7), ERC_LABELS, CPU,
+                                    progress=False)
+        runs[average_epochs] = (result, scored, head.state_dict())
+    (plain, plain_scored, _), (averaged, averaged_scored, kept) = runs[0.0], runs[1.0]
+    # averaging only changes what is scored and kept, never the training steps
+    assert [r["train_loss"] for r in plain.history] == [r["train_loss"] for r in averaged.history]
+    assert any(not torch.equal(plain_scored[-1][k], averaged_scored[-1][k]) for k in kept)
+    best = averaged_scored[averaged.best_epoch - 1]
+    assert all(torch.equal(kept[k], best[k]) for k in kept)
+
+
+def test_seeding_asks_for_deterministic_kernels_in_warn_only_mode():
+    torch.use_deterministic_algorithms(False)
+    trainer.seed_everything(3)
+    assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()

@@ -142,6 +142,8 @@ class TextEncoderParams:
     focal_gamma: float = 2.0
     label_smoothing: float = 0.1
     patience: int = 3  # epochs without a better valid weighted-F1 before stopping
+    average_epochs: float = 0.0  # > 0: select and keep an exponential moving average of the weights over
+                                 # about this many epochs of steps; 0 = the raw weights
     max_minutes: float | None = None  # wall-clock budget per encoder: no epoch that would end past it
     max_train_rows: int | None = None  # a seeded subset of whole dialogues, for smoke runs
     eval_batch_size: int = 64
@@ -342,6 +344,7 @@ def _validate(params: Params) -> None:
     for key in ("folds", "epochs", "batch_size", "grad_accum", "max_tokens"):
         _check(getattr(enc, key) >= 1, f"text_encoder.{key}={getattr(enc, key)} must be >= 1")
     _check(enc.lr > 0 and enc.head_lr > 0, "text_encoder.lr and head_lr must be > 0")
+    _check(enc.average_epochs >= 0, f"text_encoder.average_epochs={enc.average_epochs} must be >= 0 (0 = off)")
     _check(0 <= enc.label_smoothing < 1, f"text_encoder.label_smoothing={enc.label_smoothing} must be in [0, 1)")
     _check(enc.loss in ("ce", "weighted_ce", "focal"), f"text_encoder.loss={enc.loss!r} is not one of ce, "
            "weighted_ce, focal")

@@ -1,17 +1,45 @@
-"""Classification metrics over a fixed label list, so classes absent from a split still appear."""
+"""Classification metrics over a fixed label list, so classes absent from a split still appear.
+
+Plain numpy on one confusion matrix (scikit-learn's definitions, ``zero_division=0``): every stage
+process scores something, and importing scikit-learn costs it about a second.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    classification_report,
-    confusion_matrix,
-    f1_score,
-    precision_recall_fscore_support,
-)
+
+
+def _confusion_ids(y_true: np.ndarray, y_pred: np.ndarray, n_labels: int) -> np.ndarray:
+    """Counts of (true, predicted) class-id pairs; ids outside ``range(n_labels)`` are left out."""
+    keep = (y_true >= 0) & (y_true < n_labels) & (y_pred >= 0) & (y_pred < n_labels)
+    counts = np.zeros((n_labels, n_labels), dtype=np.int64)
+    np.add.at(counts, (y_true[keep], y_pred[keep]), 1)
+    return counts
+
+
+def _ids(values: Sequence[str], labels: list[str]) -> np.ndarray:
+    lookup = {label: i for i, label in enumerate(labels)}
+    return np.array([lookup.get(str(v), -1) for v in values], dtype=np.int64)
+
+
+def _per_class(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """precision, recall, F1 and support per class; 0 where a ratio has nothing to divide by."""
+    tp = np.diag(counts).astype(np.float64)
+    predicted, support = counts.sum(0).astype(np.float64), counts.sum(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, 0.0)
+        recall = np.where(support > 0, tp / support, 0.0)
+        f1_den = predicted + support
+        f1 = np.where(f1_den > 0, 2 * tp / f1_den, 0.0)
+    return precision, recall, f1, support
+
+
+def _averages(f1: np.ndarray, support: np.ndarray) -> tuple[float, float]:
+    """(weighted, macro) F1."""
+    weighted = float((f1 * support).sum() / support.sum()) if support.sum() else 0.0
+    return weighted, float(f1.mean())
 
 
 def compute_metrics(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]) -> dict:
@@ -19,13 +47,15 @@ def compute_metrics(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequen
     labels = list(labels)
     if len(y_true) == 0:
         raise ValueError("no rows to score: the split is empty")
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0)
+    counts = confusion(y_true, y_pred, labels)
+    precision, recall, f1, support = _per_class(counts)
+    weighted, macro = _averages(f1, support)
+    accuracy = float(np.mean([str(t) == str(p) for t, p in zip(y_true, y_pred)]))
     return {
         "n": int(len(y_true)),
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "weighted_f1": float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "accuracy": accuracy,
+        "weighted_f1": weighted,
+        "macro_f1": macro,
         "per_class": {label: {"precision": float(precision[i]), "recall": float(recall[i]),
                               "f1": float(f1[i]), "support": int(support[i])}
                       for i, label in enumerate(labels)},
@@ -33,23 +63,45 @@ def compute_metrics(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequen
 
 
 def report_text(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]) -> str:
-    """scikit-learn's classification report over the fixed label list."""
-    return classification_report(y_true, y_pred, labels=list(labels), zero_division=0, digits=3)
+    """A classification report over the fixed label list (scikit-learn's layout, 3 digits)."""
+    labels = list(labels)
+    metrics = compute_metrics(y_true, y_pred, labels)
+    width = max(len(label) for label in [*labels, "weighted avg"])
+    lines = [f"{'':>{width}} {'precision':>9} {'recall':>9} {'f1-score':>9} {'support':>9}", ""]
+    for label in labels:
+        c = metrics["per_class"][label]
+        lines.append(f"{label:>{width}} {c['precision']:>9.3f} {c['recall']:>9.3f} {c['f1']:>9.3f} "
+                     f"{c['support']:>9}")
+    n = metrics["n"]
+    per_class = metrics["per_class"].values()
+    support = np.array([c["support"] for c in per_class], dtype=np.float64)
+
+    def avg(key: str, weights: np.ndarray) -> float:
+        values = np.array([c[key] for c in per_class])
+        return float((values * weights).sum() / weights.sum()) if weights.sum() else 0.0
+
+    lines += ["", f"{'accuracy':>{width}} {'':>9} {'':>9} {metrics['accuracy']:>9.3f} {n:>9}"]
+    for name, weights in (("macro avg", np.ones(len(labels))), ("weighted avg", support)):
+        lines.append(f"{name:>{width}} {avg('precision', weights):>9.3f} {avg('recall', weights):>9.3f} "
+                     f"{avg('f1', weights):>9.3f} {n:>9}")
+    return "\n".join(lines) + "\n"
 
 
 def confusion(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]) -> np.ndarray:
     """Counts, rows = true label, columns = predicted label, in ``labels`` order."""
-    return confusion_matrix(y_true, y_pred, labels=list(labels))
+    labels = list(labels)
+    return _confusion_ids(_ids(y_true, labels), _ids(y_pred, labels), len(labels))
 
 
 def scores_from_logits(logits: np.ndarray, y: np.ndarray, n_labels: int) -> dict[str, float]:
     """Plain cross-entropy (comparable across objectives), accuracy, weighted and macro F1 of class-id logits."""
     import torch
 
+    y = np.asarray(y, dtype=np.int64)
     pred = np.asarray(logits).argmax(1)
     loss = float(torch.nn.functional.cross_entropy(torch.as_tensor(logits, dtype=torch.float32),
                                                    torch.as_tensor(y)).item()) if len(y) else float("nan")
-    labels = list(range(n_labels))
-    return {"loss": loss, "accuracy": float(accuracy_score(y, pred)),
-            "weighted_f1": float(f1_score(y, pred, labels=labels, average="weighted", zero_division=0)),
-            "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0))}
+    _precision, _recall, f1, support = _per_class(_confusion_ids(y, pred, n_labels))
+    weighted, macro = _averages(f1, support)
+    return {"loss": loss, "accuracy": float(np.mean(pred == y)) if len(y) else 0.0,
+            "weighted_f1": weighted, "macro_f1": macro}

@@ -19,6 +19,7 @@ import copy
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -75,7 +76,16 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    deterministic_kernels()
+
+
+def deterministic_kernels() -> None:
+    """``torch.use_deterministic_algorithms(True, warn_only=True)`` without its import of the inductor
+    compiler (about 2 s per process, to set a compile flag; nothing here compiles)."""
+    if "torch._inductor" in sys.modules or not hasattr(torch._C, "_set_deterministic_algorithms"):
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch._C._set_deterministic_algorithms(True, warn_only=True)
 
 
 def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -110,6 +120,8 @@ class LoopSettings:
     max_grad_norm: float = 0.0  # 0 = no clipping
     max_minutes: float | None = None  # no new epoch that would end past this budget
     start_is_candidate: bool = False  # the untrained module competes as "epoch 0" (it keeps a prior's score)
+    average_epochs: float = 0.0  # > 0: valid scores (and the kept weights are) an exponential moving average
+                                 # of the weights over about this many epochs of steps; 0 = the raw weights
 
 
 class Task:
@@ -134,6 +146,41 @@ class Task:
     def is_head(self, name: str) -> bool:
         """Parameters trained at ``head_lr`` (the rest at ``lr``)."""
         return True
+
+
+class WeightAverage:
+    """Exponential moving average of the trainable weights, bias-corrected (no pull towards the start).
+
+    Step ``t`` moves the average towards the weights by ``(1 - d) / (1 - d**t)``: the result is a
+    properly normalised weighted mean of every iterate, recent ones weighted most, over a horizon of
+    about ``1 / (1 - d)`` steps. Fine-tuning on a small valid split picks an epoch by noise; the
+    average is smoother than any single iterate.
+    """
+
+    def __init__(self, module: nn.Module, horizon_steps: float):
+        self.decay = 1.0 - 1.0 / max(1.0, horizon_steps)
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        self.shadow = [p.detach().clone() for p in self.params]
+        self.steps = 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.steps += 1
+        weight = (1.0 - self.decay) / (1.0 - self.decay ** self.steps) if self.decay < 1.0 else 1.0
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], weight)
+
+    @contextlib.contextmanager
+    def applied(self):
+        """The module holds the averaged weights inside the block, its own weights again after."""
+        self._swap()
+        try:
+            yield
+        finally:
+            self._swap()
+
+    def _swap(self) -> None:
+        for param, shadow in zip(self.params, self.shadow):
+            param.data, shadow.data = shadow.data, param.data
 
 
 @dataclass
@@ -198,6 +245,8 @@ def train_loop(task: Task, settings: LoopSettings, criterion: Criterion, labels:
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
     history: list[dict[str, Any]] = []
     best_f1, best_epoch, stale, stopped_by_budget = -1.0, 0, 0, False
+    average = WeightAverage(module, settings.average_epochs * steps_per_epoch) if settings.average_epochs > 0 \
+        else None
     best_state = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
     if settings.start_is_candidate:  # epoch 0: a residual head starts exactly at its prior
         module.eval()
@@ -232,8 +281,11 @@ def train_loop(task: Task, settings: LoopSettings, criterion: Criterion, labels:
                 scaler.update()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                if average is not None:
+                    average.update()
         total, count = dist.all_reduce_sum([total, count], device)
-        scores = scores_from_logits(task.valid_logits(dist), task.valid_y, len(labels))
+        with average.applied() if average is not None else contextlib.nullcontext():
+            scores = scores_from_logits(task.valid_logits(dist), task.valid_y, len(labels))
         row = {"part": part, "epoch": epoch, "train_loss": total / max(1.0, count), "valid_loss": scores["loss"],
                "valid_accuracy": scores["accuracy"], "valid_weighted_f1": scores["weighted_f1"],
                "valid_macro_f1": scores["macro_f1"]}
@@ -241,7 +293,8 @@ def train_loop(task: Task, settings: LoopSettings, criterion: Criterion, labels:
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", f1=f"{row['valid_weighted_f1']:.3f}")
         if scores["weighted_f1"] > best_f1:  # the same gathered logits on every rank: the same decision
             best_f1, best_epoch, stale = scores["weighted_f1"], epoch, 0
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+            with average.applied() if average is not None else contextlib.nullcontext():
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
         else:
             stale += 1
         if on_epoch is not None and dist.is_main:
@@ -454,7 +507,8 @@ def encoder_settings(enc: TextEncoderParams, seed: int) -> LoopSettings:
     return LoopSettings(epochs=enc.epochs, batch_size=enc.batch_size, lr=enc.lr, head_lr=enc.head_lr,
                         patience=enc.patience, seed=seed, weight_decay=enc.weight_decay, schedule="linear",
                         warmup_ratio=enc.warmup_ratio, min_steps=enc.min_steps, grad_accum=enc.grad_accum,
-                        max_grad_norm=enc.max_grad_norm, max_minutes=enc.max_minutes)
+                        max_grad_norm=enc.max_grad_norm, max_minutes=enc.max_minutes,
+                        average_epochs=enc.average_epochs)
 
 
 def head_settings(objective: ObjectiveConfig, params: Params) -> LoopSettings:
