@@ -402,8 +402,8 @@ class ErcModel:
         architecture = None
         for k, encoder in enumerate(self.encoders):
             torch.save(_cpu_state(encoder), out_dir / encoder_file(k))
-            architecture = {k: v for k, v in encoder.encoder.config.to_dict().items()
-                            if k != "_name_or_path"}  # where the weights were read: an absolute path
+            architecture = {key: value for key, value in encoder.encoder.config.to_dict().items()
+                            if key != "_name_or_path"}  # where the weights were read: an absolute path
         if self.encoders:
             self.tokenizer.save_pretrained(str(out_dir / TOKENIZER_DIR))
         if self.head is not None:

@@ -36,21 +36,31 @@ def _per_class(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     return precision, recall, f1, support
 
 
+def _mean(values: np.ndarray, weights: np.ndarray) -> float:
+    """Weighted mean; 0 when the weights sum to 0."""
+    total = weights.sum()
+    return float((values * weights).sum() / total) if total else 0.0
+
+
 def _averages(f1: np.ndarray, support: np.ndarray) -> tuple[float, float]:
     """(weighted, macro) F1."""
-    weighted = float((f1 * support).sum() / support.sum()) if support.sum() else 0.0
-    return weighted, float(f1.mean())
+    return _mean(f1, support), float(f1.mean())
+
+
+def _summary(y_true: Sequence[str], y_pred: Sequence[str],
+             labels: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """Per-class precision, recall, F1, support, and accuracy; an empty split is an error."""
+    if len(y_true) == 0:
+        raise ValueError("no rows to score: the split is empty")
+    accuracy = float(np.mean([str(t) == str(p) for t, p in zip(y_true, y_pred)]))
+    return (*_per_class(confusion(y_true, y_pred, labels)), accuracy)
 
 
 def compute_metrics(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]) -> dict:
     """accuracy, weighted/macro F1 and per-class precision/recall/F1/support (zero_division=0)."""
     labels = list(labels)
-    if len(y_true) == 0:
-        raise ValueError("no rows to score: the split is empty")
-    counts = confusion(y_true, y_pred, labels)
-    precision, recall, f1, support = _per_class(counts)
+    precision, recall, f1, support, accuracy = _summary(y_true, y_pred, labels)
     weighted, macro = _averages(f1, support)
-    accuracy = float(np.mean([str(t) == str(p) for t, p in zip(y_true, y_pred)]))
     return {
         "n": int(len(y_true)),
         "accuracy": accuracy,
@@ -65,25 +75,15 @@ def compute_metrics(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequen
 def report_text(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]) -> str:
     """A classification report over the fixed label list (scikit-learn's layout, 3 digits)."""
     labels = list(labels)
-    metrics = compute_metrics(y_true, y_pred, labels)
-    width = max(len(label) for label in [*labels, "weighted avg"])
+    precision, recall, f1, support, accuracy = _summary(y_true, y_pred, labels)
+    n, width = len(y_true), max(len(label) for label in [*labels, "weighted avg"])
     lines = [f"{'':>{width}} {'precision':>9} {'recall':>9} {'f1-score':>9} {'support':>9}", ""]
-    for label in labels:
-        c = metrics["per_class"][label]
-        lines.append(f"{label:>{width}} {c['precision']:>9.3f} {c['recall']:>9.3f} {c['f1']:>9.3f} "
-                     f"{c['support']:>9}")
-    n = metrics["n"]
-    per_class = metrics["per_class"].values()
-    support = np.array([c["support"] for c in per_class], dtype=np.float64)
-
-    def avg(key: str, weights: np.ndarray) -> float:
-        values = np.array([c[key] for c in per_class])
-        return float((values * weights).sum() / weights.sum()) if weights.sum() else 0.0
-
-    lines += ["", f"{'accuracy':>{width}} {'':>9} {'':>9} {metrics['accuracy']:>9.3f} {n:>9}"]
+    for i, label in enumerate(labels):
+        lines.append(f"{label:>{width}} {precision[i]:>9.3f} {recall[i]:>9.3f} {f1[i]:>9.3f} {support[i]:>9}")
+    lines += ["", f"{'accuracy':>{width}} {'':>9} {'':>9} {accuracy:>9.3f} {n:>9}"]
     for name, weights in (("macro avg", np.ones(len(labels))), ("weighted avg", support)):
-        lines.append(f"{name:>{width}} {avg('precision', weights):>9.3f} {avg('recall', weights):>9.3f} "
-                     f"{avg('f1', weights):>9.3f} {n:>9}")
+        lines.append(f"{name:>{width}} {_mean(precision, weights):>9.3f} {_mean(recall, weights):>9.3f} "
+                     f"{_mean(f1, weights):>9.3f} {n:>9}")
     return "\n".join(lines) + "\n"
 
 

@@ -166,7 +166,7 @@ class WeightAverage:
     @torch.no_grad()
     def update(self) -> None:
         self.steps += 1
-        weight = (1.0 - self.decay) / (1.0 - self.decay ** self.steps) if self.decay < 1.0 else 1.0
+        weight = (1.0 - self.decay) / (1.0 - self.decay ** self.steps)  # decay < 1: the horizon is >= 1 step
         torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], weight)
 
     @contextlib.contextmanager
@@ -181,6 +181,11 @@ class WeightAverage:
     def _swap(self) -> None:
         for param, shadow in zip(self.params, self.shadow):
             param.data, shadow.data = shadow.data, param.data
+
+
+def _state_copy(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of the weights that later steps cannot change (``.cpu()`` alone would alias them)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
 @dataclass
@@ -247,7 +252,7 @@ def train_loop(task: Task, settings: LoopSettings, criterion: Criterion, labels:
     best_f1, best_epoch, stale, stopped_by_budget = -1.0, 0, 0, False
     average = WeightAverage(module, settings.average_epochs * steps_per_epoch) if settings.average_epochs > 0 \
         else None
-    best_state = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+    best_state = _state_copy(module)
     if settings.start_is_candidate:  # epoch 0: a residual head starts exactly at its prior
         module.eval()
         best_f1 = scores_from_logits(task.valid_logits(dist), task.valid_y, len(labels))["weighted_f1"]
@@ -284,17 +289,18 @@ def train_loop(task: Task, settings: LoopSettings, criterion: Criterion, labels:
                 if average is not None:
                     average.update()
         total, count = dist.all_reduce_sum([total, count], device)
-        with average.applied() if average is not None else contextlib.nullcontext():
+        with average.applied() if average is not None else contextlib.nullcontext():  # the weights scored are kept
             scores = scores_from_logits(task.valid_logits(dist), task.valid_y, len(labels))
+            improved = scores["weighted_f1"] > best_f1  # the same gathered logits on every rank: the same decision
+            if improved:
+                best_state = _state_copy(module)
         row = {"part": part, "epoch": epoch, "train_loss": total / max(1.0, count), "valid_loss": scores["loss"],
                "valid_accuracy": scores["accuracy"], "valid_weighted_f1": scores["weighted_f1"],
                "valid_macro_f1": scores["macro_f1"]}
         history.append(row)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", f1=f"{row['valid_weighted_f1']:.3f}")
-        if scores["weighted_f1"] > best_f1:  # the same gathered logits on every rank: the same decision
+        if improved:
             best_f1, best_epoch, stale = scores["weighted_f1"], epoch, 0
-            with average.applied() if average is not None else contextlib.nullcontext():
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
         else:
             stale += 1
         if on_epoch is not None and dist.is_main:
