@@ -6,10 +6,12 @@ and is only reported. Audio and video are absent (text-only CSVs): the multimoda
 audio/visual modalities masked, as the pipeline does on such data.
 
 Per seed, the text encoders are fine-tuned once (``text_encoder`` params of params.yaml, through
-the library's ``ErcModel.fit``), then every head variant is fitted on their vectors:
+the library's ``ErcModel.fit``), then every head variant is fitted on their vectors. With
+``text_encoder.members`` = K, seed s's ensemble is the single encoders of seeds s .. s+K-1 (the
+library seeds member k with s + k), each cached once under --out/seed<N>/:
 
   * majority class;
-  * ``text_finetune`` - the encoders' own classifiers (probabilities averaged when ``folds`` > 1);
+  * ``text_finetune`` - the encoders' own classifiers (probabilities averaged over the encoders);
   * ``final`` variants - the ``final`` objective of params.yaml with ``dialogue`` none (one head per
     utterance), ``past`` or ``bidirectional``, and ablations (not residual, no triplet term, 2 layers).
 
@@ -20,6 +22,7 @@ Usage (from the repo root):
   .venv/bin/python benchmarks/meld_erc.py --out /tmp/meld_erc --seeds 42 43
   ... --quick                        # a few hundred rows, 1 epoch: a smoke run in minutes
   ... --set text_encoder.epochs=5    # any params.yaml override (repeatable)
+  ... --set text_encoder.members=1   # one encoder per seed instead of the default ensemble
 Encoders and their text vectors are cached under --out/seed<N>/, so a second run only fits heads.
 """
 
@@ -95,10 +98,11 @@ def row(name: str, seed: int, dev: pd.DataFrame, probs: np.ndarray, labels: list
 
 def encoders_for(seed: int, params: Params, train: pd.DataFrame, valid: pd.DataFrame,
                  out: Path) -> tuple[ErcModel, float]:
-    """The seed's cross-fitted encoders, fitted once and cached in ``out``."""
+    """The seed's encoders (all ``folds`` of one member), fitted once and cached in ``out``."""
     folder, record = out / "text_encoder", out / "text_encoder.json"
     if (folder / "config.json").exists() and record.exists():
         return ErcModel.load(folder), json.loads(record.read_text())["train_minutes"]
+    out.mkdir(parents=True, exist_ok=True)
     objective = ObjectiveConfig(name="text_finetune", text="finetuned", fusion="none")
     model = trainer.new_model(objective, params)
     started = time.perf_counter()
@@ -129,6 +133,36 @@ def views_for(model: ErcModel, tables: dict[str, pd.DataFrame], out: Path) -> di
     return views
 
 
+def ensemble_for(seed: int, params: Params, tables: dict[str, pd.DataFrame],
+                 root: Path) -> tuple[ErcModel, dict[str, tuple], float]:
+    """The seed's ``members`` x ``folds`` encoders and their text views on ``tables``.
+
+    Member k of seed s is exactly what one member of seed s + k trains (``trainer.fit_encoders``
+    seeds encoder k with s + k), so each member is fitted and cached once in ``root/seed<s+k>/``
+    and shared by every seed and ``members`` setting that uses it."""
+    enc = params.text_encoder
+    if enc.members > 1 and enc.folds > 1:
+        raise SystemExit("error: the benchmark caches one member per seed folder; set text_encoder.members=1 "
+                         "when text_encoder.folds > 1")
+    single = replace(params, text_encoder=replace(enc, members=1))
+    members, views, minutes = [], {}, 0.0
+    for k in range(enc.members):
+        part_params = replace(single, train=replace(params.train, seed=seed + k))
+        model, part_minutes = encoders_for(seed + k, part_params, tables["train"], tables["valid"],
+                                           root / f"seed{seed + k}")
+        members.append(model)
+        minutes += part_minutes
+        for name, (logits, pooled, allowed) in views_for(model, tables, root / f"seed{seed + k}").items():
+            got = views.get(name, ([], [], np.zeros((0, len(tables[name])), dtype=bool)))
+            views[name] = (got[0] + logits, got[1] + pooled, np.concatenate([got[2], allowed]))
+    first = members[0]
+    reports = [m.info[f"encoder{j}"] for m in members for j in range(m.config.n_encoders)]
+    info = {f"encoder{i}": report for i, report in enumerate(reports)}
+    model = ErcModel(replace(first.config, members=enc.members), [e for m in members for e in m.encoders],
+                     first.tokenizer, [d for m in members for d in m.encoder_dialogues], info=info)
+    return model, views, minutes
+
+
 def variants(params: Params) -> list[tuple[str, ObjectiveConfig]]:
     final = params.objectives["final"]
     return [
@@ -147,16 +181,15 @@ def variants(params: Params) -> list[tuple[str, ObjectiveConfig]]:
 
 
 def run_seed(seed: int, params: Params, train: pd.DataFrame, valid: pd.DataFrame, dev: pd.DataFrame,
-             out: Path, only: list[str] | None) -> list[dict]:
-    out.mkdir(parents=True, exist_ok=True)
+             root: Path, only: list[str] | None) -> list[dict]:
     params = replace(params, train=replace(params.train, seed=seed))
     labels = list(params.labels)
-    encoders, encoder_minutes = encoders_for(seed, params, train, valid, out)
-    log(f"seed {seed}: encoders ready ({encoder_minutes:.1f} min); text vectors ...")
-    views = views_for(encoders, {"train": train, "valid": valid, "dev": dev}, out)
+    encoders, views, encoder_minutes = ensemble_for(seed, params, {"train": train, "valid": valid, "dev": dev}, root)
+    log(f"seed {seed}: {encoders.config.n_encoders} encoder(s) and their text vectors ready "
+        f"({encoder_minutes:.1f} min)")
     logits, _pooled, allowed = views["dev"]
     text_probs = trainer._average([trainer._softmax(lg) for lg in logits], allowed)
-    rows = [row(f"text_finetune ({params.text_encoder.folds} encoder(s))", seed, dev, text_probs, labels,
+    rows = [row(f"text_finetune ({encoders.config.n_encoders} encoder(s))", seed, dev, text_probs, labels,
                 encoder_minutes)]
     log(f"seed {seed}: text_finetune dev weighted-F1 {rows[-1]['weighted_f1']:.4f}")
     features = {name: absent_media(t) for name, t in (("train", train), ("valid", valid), ("dev", dev))}
@@ -254,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [row("majority class", 0, dev, np.eye(len(params.labels))[[params.labels.index(majority)] * len(dev)],
                 list(params.labels), 0.0)]
     for seed in args.seeds:
-        rows += run_seed(seed, params, train, valid, dev, args.out / f"seed{seed}", args.only)
+        rows += run_seed(seed, params, train, valid, dev, args.out, args.only)
         table = table_markdown(rows, list(params.labels))
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "table.md").write_text(table + "\n", encoding="utf-8")

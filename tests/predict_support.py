@@ -20,15 +20,15 @@ CONVERSATION = [
 
 def tiny_text_encoder_params(params, folder: Path):
     """params with a tiny random BERT (saved under ``folder``) as the fine-tuned text encoders: two cross-fitted
-    folds (the averaged path), one quick epoch each."""
+    folds of one member (the averaged path), one quick epoch each."""
     from finetune_support import save_tiny_bert
     from hlm12erc.models.erc import default_model_path, load_tokenizer
 
     tiny = folder / "tiny_bert"
     if not (tiny / "config.json").is_file():
         save_tiny_bert(tiny, load_tokenizer(default_model_path()))
-    encoder = dataclasses.replace(params.text_encoder, model_path=str(tiny), folds=2, epochs=1, min_steps=0,
-                                  max_tokens=32, batch_size=8, eval_batch_size=32)
+    encoder = dataclasses.replace(params.text_encoder, model_path=str(tiny), folds=2, members=1, epochs=1,
+                                  min_steps=0, max_tokens=32, batch_size=8, eval_batch_size=32)
     return dataclasses.replace(params, text_encoder=encoder)
 
 

@@ -128,7 +128,7 @@ def test_train_nproc_makes_the_stage_launch_torchrun(tiny_model_dir, erc_tables,
     raw = yaml.safe_load(PARAMS_FILE.read_text())
     raw["train"].update(nproc=2, device="cpu")
     raw["text_encoder"].update(model_path=tiny_model_dir, epochs=2, min_steps=0, max_tokens=32, batch_size=8,
-                               folds=2)
+                               folds=2, members=1)
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

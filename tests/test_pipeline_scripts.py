@@ -35,7 +35,8 @@ def fast_params(tmp_path_factory) -> Path:
     tiny = save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), load_tokenizer(default_model_path()))
     raw = yaml.safe_load(PARAMS_FILE.read_text())
     raw["train"].update(epochs=3, patience=2, device="cpu")
-    raw["text_encoder"].update(model_path=tiny, epochs=1, min_steps=0, max_tokens=32, batch_size=8, folds=2)
+    # the default seed ensemble (members: 2) of tiny encoders
+    raw["text_encoder"].update(model_path=tiny, epochs=1, min_steps=0, max_tokens=32, batch_size=8)
     path = tmp_path_factory.mktemp("params") / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path

@@ -1,7 +1,8 @@
 """The fine-tuned text encoders and the one model interface, on tiny synthetic dialogues with a tiny random BERT.
 
 Context pairs (hlm12erc.data.context.text_pairs), batching, encoder training through the one loop
-(ErcModel with ``text: finetuned``), cross-fitting (``text_encoder.folds``), and fit / save / load /
+(ErcModel with ``text: finetuned``), cross-fitting (``text_encoder.folds``), seed ensembles
+(``text_encoder.members``), and fit / save / load /
 predict_proba for every kind of objective. The tokenizer is the real all-MiniLM-L6-v2 one (bundled,
 offline); the encoder is a 1-layer, 32-wide BERT saved to a temp folder so that every test runs in seconds.
 """
@@ -24,6 +25,7 @@ from conftest import erc_random_features  # noqa: E402
 from finetune_support import LABELS, make_table, save_tiny_bert  # noqa: E402
 from hlm12erc.config import ConfigError, ObjectiveConfig, Params, TextEncoderParams, TrainParams  # noqa: E402
 from hlm12erc.data import context  # noqa: E402
+from hlm12erc.models import erc  # noqa: E402
 from hlm12erc.models.erc import EncoderConfig, ErcModel, collate_pairs, default_model_path, load_tokenizer  # noqa: E402
 from hlm12erc.training import trainer  # noqa: E402
 
@@ -300,6 +302,63 @@ def test_text_views_allow_only_the_encoder_that_never_saw_the_row(crossfit, data
     valid_softmax = [torch.softmax(torch.from_numpy(lg), -1).numpy() for lg in views[0]]
     np.testing.assert_allclose(model.predict_proba(tables["valid"]), (valid_softmax[0] + valid_softmax[1]) / 2,
                                atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- seed ensemble
+def test_ensemble_member_k_is_the_single_encoder_of_seed_plus_k(tiny_model_dir, data, tmp_path):
+    tables, _ = data
+    params = tiny_params(tiny_model_dir, epochs=1, members=2)
+    model = fit_text(params, tables["train"], tables["valid"])
+    assert model.config.n_encoders == 2 and len(model.encoders) == 2 == len(model.encoder_dialogues)
+    single = tiny_params(tiny_model_dir, epochs=1)
+    alone = fit_text(replace(single, train=replace(single.train, seed=single.train.seed + 1)), tables["train"],
+                     tables["valid"])
+    for mine, its in zip(model.encoders[1].state_dict().values(), alone.encoders[0].state_dict().values()):
+        assert torch.equal(mine, its)
+    assert any(not torch.equal(a, b) for a, b in zip(model.encoders[0].state_dict().values(),
+                                                      model.encoders[1].state_dict().values()))
+    # every member saw every train dialogue: each one reads every row, and the probabilities are averaged
+    logits, _, allowed = trainer.text_views(model, tables["train"], 16, CPU)
+    assert allowed.shape == (2, len(tables["train"])) and allowed.all()
+    softmax = [torch.softmax(torch.from_numpy(lg), -1).numpy() for lg in logits]
+    probs = model.predict_proba(tables["train"])
+    np.testing.assert_allclose(probs, (softmax[0] + softmax[1]) / 2, atol=1e-6)
+    model.save(tmp_path / "m")
+    loaded = ErcModel.load(tmp_path / "m")
+    assert loaded.config.members == 2 and len(loaded.encoders) == 2
+    np.testing.assert_allclose(loaded.predict_proba(tables["train"]), probs, rtol=0, atol=1e-6)
+
+
+def test_a_head_trains_on_every_allowed_view_each_a_dialogue_of_its_own():
+    table = make_table(2, 3)
+    config = erc.HeadConfig(modalities=["text"], input_dims={"text": 4}, hidden=8, dialogue="past")
+    base = trainer.head_inputs(table, {}, np.ones((len(table), 1), dtype=bool), config)
+    pooled = [np.arange(6, dtype=np.float32)[:, None] + np.full((6, 4), 100 * k, np.float32) for k in range(2)]
+    logits = [np.full((6, 7), 10.0 * k, np.float32) for k in range(2)]
+    stacked, source = base.over_views(pooled, logits, np.ones((2, 6), dtype=bool))
+    assert source.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    np.testing.assert_array_equal(stacked.arrays["text"][:, 0], [0, 100, 1, 101, 2, 102, 3, 103, 4, 104, 5, 105])
+    np.testing.assert_array_equal(stacked.prior[:, 0], [0, 10] * 6)
+    np.testing.assert_array_equal(stacked.turn, base.turn[source])
+    # each encoder's reading of a dialogue is one dialogue of its own: whole, in turn order, one view
+    batches = stacked.dialogue_batches(3)
+    assert len(batches) == 4
+    for rows in batches:
+        assert len(set(stacked.dialogue[rows])) == 1 and len(set(stacked.prior[rows, 0])) == 1
+        assert len(set(base.dialogue[source[rows]])) == 1 and stacked.turn[rows].tolist() == [0, 1, 2]
+    # one allowed encoder per row (cross-fitting): the rows themselves, each read by that encoder
+    allowed = np.array([[True, False] * 3, [False, True] * 3])
+    one, source = base.over_views(pooled, logits, allowed)
+    assert source.tolist() == list(range(6))
+    np.testing.assert_array_equal(one.arrays["text"], np.where(allowed[0][:, None], pooled[0], pooled[1]))
+    np.testing.assert_array_equal(one.mask, base.mask)
+
+
+def test_zero_members_is_a_config_error():
+    from hlm12erc.config import params_from_dict
+
+    with pytest.raises(ConfigError, match=r"text_encoder.members=0 must be >= 1"):
+        params_from_dict({"text_encoder": {"members": 0}})
 
 
 # ----------------------------------------------------------------------------- one interface

@@ -116,11 +116,14 @@ class TrainParams:
 class TextEncoderParams:
     """The fine-tuned text encoder(s) of stage ``text_encoder`` (MiniLM with dialogue context).
 
-    ``folds`` encoders are trained, each on the train dialogues of all folds but one, so a
-    fusion head can read every train utterance through an encoder that never saw it.
+    ``folds`` x ``members`` encoders are trained. With ``folds`` > 1 each fold's encoders see the
+    train dialogues of all folds but that one, so a fusion head can read every train utterance
+    through an encoder that never saw it; ``members`` > 1 trains that many encoders per fold from
+    different seeds (an ensemble: their probabilities are averaged).
     """
 
-    folds: int = 1  # encoders; > 1 = cross-fitting (each encoder trained on the other folds' dialogues)
+    folds: int = 1  # > 1 = cross-fitting (each fold's encoders trained on the other folds' dialogues)
+    members: int = 1  # encoders per fold, seeds train.seed + k: a seed ensemble, probabilities averaged
     model_path: str = ""  # "" = the bundled all-MiniLM-L6-v2
     max_tokens: int = 128  # whole pair incl. [CLS]/[SEP]; only the context side is ever truncated
     past_turns: int = 3  # previous turns as context, "Speaker: text" each
@@ -341,7 +344,7 @@ def _validate(params: Params) -> None:
     _check(run.threads >= 0 and run.jobs >= 0, "runtime.threads and runtime.jobs must be >= 0 (0 = all cores)")
     _check(run.eval_batch_size >= 1, f"runtime.eval_batch_size={run.eval_batch_size} must be >= 1")
     enc = params.text_encoder
-    for key in ("folds", "epochs", "batch_size", "grad_accum", "max_tokens"):
+    for key in ("folds", "members", "epochs", "batch_size", "grad_accum", "max_tokens"):
         _check(getattr(enc, key) >= 1, f"text_encoder.{key}={getattr(enc, key)} must be >= 1")
     _check(enc.lr > 0 and enc.head_lr > 0, "text_encoder.lr and head_lr must be > 0")
     _check(enc.average_epochs >= 0, f"text_encoder.average_epochs={enc.average_epochs} must be >= 0 (0 = off)")

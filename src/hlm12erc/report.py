@@ -18,7 +18,8 @@ def _describe(objective, params: Params) -> tuple[str, str, str]:
     text = "fine-tuned text" if objective.text == "finetuned" else "text"
     modalities = "+".join(text if m == "text" else m for m in objective.modalities)
     if objective.fusion == "none":
-        return modalities, f"{params.text_encoder.folds} encoder(s)", params.text_encoder.loss
+        enc = params.text_encoder
+        return modalities, f"{enc.folds * enc.members} encoder(s)", enc.loss
     loss = objective.loss
     if objective.aux_loss != "none":
         loss = f"{loss} + {objective.aux_weight:g} {objective.aux_loss}"

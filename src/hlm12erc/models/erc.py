@@ -15,13 +15,15 @@ objectives is configuration, never code paths in the callers:
    the fused utterances *of one dialogue* (attention never crosses dialogues), with the speaker's
    role in the dialogue (first, second, ... speaker) and a learned same-speaker attention bias.
    The head reads the utterance's own fused vector next to its contextual one.
-4. :class:`ErcModel` - K text encoders (``text_encoder.folds``: each trained on all train dialogues
-   but one fold, so every train utterance has an encoder that never saw it) and/or a fusion
-   head. A head with ``text: finetuned`` reads the encoders' pooled vectors; on train rows only
-   the encoder that did not train on that dialogue is used (cross-fitting: the head learns from
-   text vectors as noisy as the ones it meets at test time), elsewhere each encoder gives a view
-   and the probabilities are averaged. With no head (``fusion: none``) the encoders' own
-   classifiers are averaged.
+4. :class:`ErcModel` - K text encoders and/or a fusion head. K = ``folds`` x ``members``:
+   with ``text_encoder.folds`` > 1 each fold's encoders train on all train dialogues but that
+   fold's, so every train utterance has an encoder that never saw it (cross-fitting);
+   ``members`` > 1 adds encoders from other seeds (a seed ensemble). A head with
+   ``text: finetuned`` reads the encoders' pooled vectors: it trains on every (utterance, encoder)
+   pair whose encoder never saw that utterance's dialogue (all encoders when every one saw it),
+   each encoder's view of a dialogue kept a dialogue of its own; at prediction each allowed
+   encoder gives a view and the probabilities are averaged. With no head (``fusion: none``) the
+   encoders' own classifiers are averaged.
 """
 
 from __future__ import annotations
@@ -315,9 +317,14 @@ class FusionHead(nn.Module):
 class ModelConfig:
     labels: list[str]
     encoder: EncoderConfig | None = None  # the fine-tuned text encoder(s), if any
-    folds: int = 1  # number of encoders (cross-fitting folds)
+    folds: int = 1  # cross-fitting folds: each fold's encoders never saw that fold's dialogues
+    members: int = 1  # encoders per fold, each from its own seed (a seed ensemble); probabilities averaged
     text: str = "frozen"  # frozen (the head reads cached text features) | finetuned (the encoders' vectors)
     head: HeadConfig | None = None  # None: predictions are the encoders' own classifiers
+
+    @property
+    def n_encoders(self) -> int:
+        return self.folds * self.members if self.encoder else 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -428,7 +435,7 @@ class ErcModel:
                              f"{FORMAT_VERSION}; retrain the model (`dvc repro`)")
         config = ModelConfig.from_dict(raw["model"])
         encoders = []
-        for k in range(config.folds if config.encoder else 0):
+        for k in range(config.n_encoders):
             encoder = build_text_encoder(config.encoder, len(config.labels), raw["encoder_architecture"])
             encoder.load_state_dict(_read_state(model_dir / encoder_file(k)))
             encoders.append(encoder)

@@ -407,6 +407,17 @@ class HeadInputs:
         """The same rows read through one text encoder: its pooled vectors and classifier logits."""
         return replace(self, arrays={**self.arrays, "text": text}, prior=prior)
 
+    def over_views(self, pooled: list[np.ndarray], logits: list[np.ndarray],
+                   allowed: np.ndarray) -> tuple[HeadInputs, np.ndarray]:
+        """One row per (row, encoder k) pair that ``allowed`` (K, N) permits, in row order, with encoder
+        k's pooled vector and logits; each encoder's reading of a dialogue is a dialogue of its own.
+        Returns them and the source row of each (to repeat the labels)."""
+        rows, view = np.nonzero(allowed.T)
+        dialogue = np.array([f"{d}#{k}" for d, k in zip(self.dialogue[rows], view)], dtype=object)
+        arrays = {**{m: x[rows] for m, x in self.arrays.items()}, "text": np.stack(pooled)[view, rows]}
+        return HeadInputs(arrays, self.mask[rows], dialogue, self.turn[rows], self.speaker[rows],
+                          np.stack(logits)[view, rows]), rows
+
     def batch(self, rows: np.ndarray, device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor,
                                                                      DialogueInputs, torch.Tensor | None]:
         features = {m: torch.as_tensor(x[rows], dtype=torch.float32, device=device) for m, x in self.arrays.items()}
@@ -499,7 +510,7 @@ def new_model(objective: ObjectiveConfig, params: Params, feature_dims: dict[str
                           dropout=objective.dropout, dialogue=objective.dialogue,
                           dialogue_layers=objective.dialogue_layers, residual=objective.residual)
     config = ModelConfig(labels=list(params.labels), encoder=encoder, folds=enc.folds if needs_encoders else 1,
-                         text=objective.text, head=head)
+                         members=enc.members if needs_encoders else 1, text=objective.text, head=head)
     return ErcModel(config, meta={"objective": asdict(objective), "features": asdict(params.features)})
 
 
@@ -543,7 +554,10 @@ def _subset(table: pd.DataFrame, max_rows: int | None, seed: int) -> pd.DataFram
 def fit_encoders(model: ErcModel, train: pd.DataFrame, valid: pd.DataFrame, params: Params,
                  device: torch.device, on_epoch: Callable[[dict], None] | None = None,
                  progress: bool = True) -> list[dict[str, Any]]:
-    """Train ``model.config.folds`` text encoders (cross-fitting), each selected on valid; their histories."""
+    """Train ``model.config.n_encoders`` text encoders, each selected on valid; their histories.
+
+    Encoder k holds out fold ``k % folds`` (cross-fitting when folds > 1) and is seeded
+    ``train.seed + k``, so member k of seed s is the single encoder of seed s + k."""
     enc, labels = params.text_encoder, model.labels
     cfg = model.config.encoder
     tokenizer = load_tokenizer(cfg.model_path or default_model_path())
@@ -559,8 +573,8 @@ def fit_encoders(model: ErcModel, train: pd.DataFrame, valid: pd.DataFrame, para
         device = distributed.device_for(dist, device)
         if device.type == "cpu":  # the cores are shared by this machine's ranks
             torch.set_num_threads(max(1, resolve_jobs(0) // dist.local_world_size))
-        for k in range(model.config.folds):
-            part = train[fold != k] if model.config.folds > 1 else train
+        for k in range(model.config.n_encoders):
+            part = train[fold != k % model.config.folds] if model.config.folds > 1 else train
             seed_everything(params.train.seed + k)  # same on every rank: same classifier init, same batches
             encoder = build_text_encoder(cfg, len(labels))
             examples = context.text_pairs(part, tokenizer, cfg.max_tokens, cfg.past_turns, cfg.future_turns)
@@ -671,7 +685,8 @@ def fit(model: ErcModel, train: pd.DataFrame, valid: pd.DataFrame, train_feature
     histories: list[dict[str, Any]] = []
     if model.config.encoder is not None:
         if encoders_from is not None:
-            if encoders_from.config.encoder != model.config.encoder or encoders_from.config.folds != model.config.folds:
+            built = (encoders_from.config.encoder, encoders_from.config.folds, encoders_from.config.members)
+            if built != (model.config.encoder, model.config.folds, model.config.members):
                 raise ConfigError("the trained text encoders were built with other text_encoder params than this "
                                   "objective expects; rerun `dvc repro text_encoder`")
             model.encoders = [copy.deepcopy(e) for e in encoders_from.encoders]
@@ -696,20 +711,18 @@ def _fit_head(model: ErcModel, train: pd.DataFrame, valid: pd.DataFrame, train_f
     train_arrays, train_mask = _feature_arrays(model, train, train_features)
     valid_arrays, valid_mask = _feature_arrays(model, valid, valid_features)
     eval_batch = params.train.eval_batch_size
+    train_inputs = head_inputs(train, train_arrays, train_mask, config)
+    y = label_ids(train, labels, f"{objective.train_table} table")
     valid_views = valid_logits = None
     if model.config.text == "finetuned":
         logits, pooled, allowed = views.get("train") or text_views(model, train, eval_batch, device)
-        view = allowed.argmax(0)  # the first encoder that never saw the row's dialogue (any, with one fold)
-        train_arrays["text"] = np.stack(pooled)[view, np.arange(len(train))]
-        train_prior = np.stack(logits)[view, np.arange(len(train))]
+        train_inputs, source = train_inputs.over_views(pooled, logits, allowed)
+        y = y[source]
         valid_logits, valid_views, valid_allowed = views.get("valid") or text_views(model, valid, eval_batch, device)
-    train_inputs = head_inputs(train, train_arrays, train_mask, config)
-    if valid_views is not None:
-        train_inputs = train_inputs.with_text(train_arrays["text"], train_prior)
     valid_base = head_inputs(valid, {**valid_arrays, **({"text": valid_views[0]} if valid_views else {})},
                              valid_mask, config)
     head = FusionHead(config, labels)
-    head.set_normalization(train_inputs.arrays, train_mask)
+    head.set_normalization(train_inputs.arrays, train_inputs.mask)
     model.head = head
 
     def valid_scorer() -> np.ndarray:
@@ -719,7 +732,6 @@ def _fit_head(model: ErcModel, train: pd.DataFrame, valid: pd.DataFrame, train_f
                  for v, lg in zip(valid_views, valid_logits)]
         return np.log(np.clip(_average(probs, valid_allowed), 1e-12, None)).astype(np.float32)
 
-    y = label_ids(train, labels, f"{objective.train_table} table")
     task = HeadTask(head, train_inputs, y, valid_scorer, label_ids(valid, labels, "valid table"))
     result = train_loop(task, head_settings(objective, params), Criterion(LossConfig.of(objective), y, len(labels)),
                         labels, device, None, "head", on_epoch, progress)
