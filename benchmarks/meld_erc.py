@@ -120,21 +120,47 @@ def encoders_for(seed: int, params: Params, train: pd.DataFrame, valid: pd.DataF
     return model, minutes
 
 
-def views_for(model: ErcModel, tables: dict[str, pd.DataFrame], out: Path) -> dict[str, tuple]:
-    """``trainer.text_views`` of each table, cached in ``out``."""
-    views = {}
-    for name, table in tables.items():
-        path = out / f"views_{name}.npz"
+class TextViews:
+    """``trainer.text_views`` of the seed's ensemble for any context windows, each (member, table, window)
+    computed once and cached in that member's seed folder; assembled encoder-major like the library's."""
+
+    def __init__(self, members: list[ErcModel], folders: list[Path], tables: dict[str, pd.DataFrame]):
+        self.members, self.folders, self.tables = members, folders, tables
+
+    def _member(self, k: int, name: str, window: tuple[int, int]) -> tuple:
+        model, cfg = self.members[k], self.members[k].config.encoder
+        trained = (cfg.past_turns, cfg.future_turns)
+        suffix = "" if window == trained else f"_window{window[0]}-{window[1]}"
+        path = self.folders[k] / f"views_{name}{suffix}.npz"
         if not path.exists():
-            logits, pooled, allowed = trainer.text_views(model, table, 64, trainer.select_device("auto"))
+            reader = ErcModel(replace(model.config, encoder=replace(cfg, past_turns=window[0], future_turns=window[1]),
+                                      windows=[]), model.encoders, model.tokenizer, model.encoder_dialogues)
+            logits, pooled, allowed = trainer.text_views(reader, self.tables[name], 64, trainer.select_device("auto"))
             np.savez(path, logits=np.stack(logits), pooled=np.stack(pooled), allowed=allowed)
         saved = np.load(path)
-        views[name] = (list(saved["logits"]), list(saved["pooled"]), saved["allowed"])
-    return views
+        return list(saved["logits"]), list(saved["pooled"]), saved["allowed"]
+
+    def get(self, name: str, windows: list[tuple[int, int]]) -> tuple:
+        """The views of table ``name`` through every encoder, each reading ``windows`` (encoder-major)."""
+        logits, pooled, allowed = [], [], []
+        for k in range(len(self.members)):
+            per_window = [self._member(k, name, w) for w in windows]
+            for e in range(len(per_window[0][0])):
+                for lg, pl, al in per_window:
+                    logits.append(lg[e])
+                    pooled.append(pl[e])
+                    allowed.append(al[e])
+        return logits, pooled, np.stack(allowed)
+
+    def for_model(self, model: ErcModel) -> dict[str, tuple]:
+        """What ``model.fit`` and prediction would read: train through the training window alone."""
+        windows = model.config.reading_windows
+        return {"train": self.get("train", windows[:1]), "valid": self.get("valid", windows),
+                "dev": self.get("dev", windows)}
 
 
 def ensemble_for(seed: int, params: Params, tables: dict[str, pd.DataFrame],
-                 root: Path) -> tuple[ErcModel, dict[str, tuple], float]:
+                 root: Path) -> tuple[ErcModel, TextViews, float]:
     """The seed's ``members`` x ``folds`` encoders and their text views on ``tables``.
 
     Member k of seed s is exactly what one member of seed s + k trains (``trainer.fit_encoders``
@@ -145,22 +171,19 @@ def ensemble_for(seed: int, params: Params, tables: dict[str, pd.DataFrame],
         raise SystemExit("error: the benchmark caches one member per seed folder; set text_encoder.members=1 "
                          "when text_encoder.folds > 1")
     single = replace(params, text_encoder=replace(enc, members=1))
-    members, views, minutes = [], {}, 0.0
+    members, minutes = [], 0.0
     for k in range(enc.members):
         part_params = replace(single, train=replace(params.train, seed=seed + k))
         model, part_minutes = encoders_for(seed + k, part_params, tables["train"], tables["valid"],
                                            root / f"seed{seed + k}")
         members.append(model)
         minutes += part_minutes
-        for name, (logits, pooled, allowed) in views_for(model, tables, root / f"seed{seed + k}").items():
-            got = views.get(name, ([], [], np.zeros((0, len(tables[name])), dtype=bool)))
-            views[name] = (got[0] + logits, got[1] + pooled, np.concatenate([got[2], allowed]))
     first = members[0]
     reports = [m.info[f"encoder{j}"] for m in members for j in range(m.config.n_encoders)]
     info = {f"encoder{i}": report for i, report in enumerate(reports)}
     model = ErcModel(replace(first.config, members=enc.members), [e for m in members for e in m.encoders],
                      first.tokenizer, [d for m in members for d in m.encoder_dialogues], info=info)
-    return model, views, minutes
+    return model, TextViews(members, [root / f"seed{seed + k}" for k in range(enc.members)], tables), minutes
 
 
 def variants(params: Params) -> list[tuple[str, ObjectiveConfig]]:
@@ -169,6 +192,7 @@ def variants(params: Params) -> list[tuple[str, ObjectiveConfig]]:
         ("final, fine-tuned text, no dialogue context", replace(final, dialogue="none")),
         ("final + past-only dialogue context", replace(final, dialogue="past")),
         ("final + bidirectional dialogue context", replace(final, dialogue="bidirectional")),
+        ("  ablation: past-only, the training window alone", replace(final, dialogue="past", windows=[])),
         ("  ablation: bidirectional, not residual", replace(final, dialogue="bidirectional", residual=False)),
         ("  ablation: bidirectional, no triplet term", replace(final, dialogue="bidirectional", aux_loss="none",
                                                                 aux_weight=0.0)),
@@ -184,20 +208,28 @@ def run_seed(seed: int, params: Params, train: pd.DataFrame, valid: pd.DataFrame
              root: Path, only: list[str] | None) -> list[dict]:
     params = replace(params, train=replace(params.train, seed=seed))
     labels = list(params.labels)
-    encoders, views, encoder_minutes = ensemble_for(seed, params, {"train": train, "valid": valid, "dev": dev}, root)
-    log(f"seed {seed}: {encoders.config.n_encoders} encoder(s) and their text vectors ready "
-        f"({encoder_minutes:.1f} min)")
-    logits, _pooled, allowed = views["dev"]
+    encoders, text_views, encoder_minutes = ensemble_for(seed, params, {"train": train, "valid": valid, "dev": dev},
+                                                         root)
+    log(f"seed {seed}: {encoders.config.n_encoders} encoder(s) ready ({encoder_minutes:.1f} min)")
+    reader = trainer.new_model(params.objectives["text_finetune"], params)
+    logits, _pooled, allowed = text_views.for_model(reader)["dev"]
     text_probs = trainer._average([trainer._softmax(lg) for lg in logits], allowed)
-    rows = [row(f"text_finetune ({encoders.config.n_encoders} encoder(s))", seed, dev, text_probs, labels,
-                encoder_minutes)]
+    windows = reader.config.reading_windows
+    rows = [row(f"text_finetune ({encoders.config.n_encoders} encoder(s), {len(windows)} window(s))", seed, dev,
+                text_probs, labels, encoder_minutes)]
     log(f"seed {seed}: text_finetune dev weighted-F1 {rows[-1]['weighted_f1']:.4f}")
+    if len(windows) > 1:
+        logits, _pooled, allowed = text_views.get("dev", windows[:1])
+        rows.append(row("  ablation: text_finetune, the training window alone", seed, dev,
+                        trainer._average([trainer._softmax(lg) for lg in logits], allowed), labels, encoder_minutes))
+        log(f"seed {seed}: text_finetune, the training window alone: dev weighted-F1 {rows[-1]['weighted_f1']:.4f}")
     features = {name: absent_media(t) for name, t in (("train", train), ("valid", valid), ("dev", dev))}
     for name, objective in variants(params):
         if only and not any(key in name for key in only):
             continue
         started = time.perf_counter()
         model = trainer.new_model(objective, params, {"text": 1, **MEDIA_DIMS})
+        views = text_views.for_model(model)
         model.fit(train, valid, features["train"], features["valid"], params, encoders_from=encoders,
                   progress=False, views={"train": views["train"], "valid": views["valid"]})
         head_minutes = (time.perf_counter() - started) / 60

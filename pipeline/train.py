@@ -9,14 +9,18 @@ import sys
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from hlm12erc.config import ConfigError, load_params  # noqa: E402
+from hlm12erc.config import TEXT_ENCODERS, ConfigError, load_params  # noqa: E402
 from hlm12erc.data.meld import DataError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--objective", required=True, help="a key of params.yaml `objectives`")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--objective", help="a key of params.yaml `objectives`")
+    which.add_argument("--text-encoders", action="store_true",
+                       help="stage text_encoder: only the fine-tuned text encoders (text_encoder params), read by "
+                            "every objective with text: finetuned")
     parser.add_argument("--tables", default="data/tables")
     parser.add_argument("--features", default="data/features")
     parser.add_argument("--encoders", default=None,
@@ -28,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params)
-        objective = params.objective(args.objective)  # unknown name: fail before importing torch
+        # unknown name: fail before importing torch
+        objective = params.objective(args.objective) if args.objective else TEXT_ENCODERS
         fine_tunes = objective.text == "finetuned" and not args.encoders
         if fine_tunes and params.train.nproc > 1 and "LOCAL_RANK" not in os.environ:
             from hlm12erc.training.distributed import relaunch  # train.nproc: N processes, DDP
@@ -36,8 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             return relaunch(params.train.nproc, __file__, sys.argv[1:] if argv is None else argv)
         from hlm12erc.training.stages import train_stage
 
-        summary = train_stage(params, args.objective, args.tables, args.features, args.out, args.plots,
-                              args.encoders)
+        summary = train_stage(params, objective, args.tables, args.features, args.out, args.plots, args.encoders)
     except (ConfigError, DataError, FileNotFoundError, ImportError, ValueError) as error:
         print(f"train: {error}", file=sys.stderr)
         return 2

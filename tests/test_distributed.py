@@ -121,8 +121,8 @@ def test_loss_denominator_matches_the_mean_the_loss_takes():
 
 
 def test_train_nproc_makes_the_stage_launch_torchrun(tiny_model_dir, erc_tables, tmp_path):
-    """`train.nproc: 2` in params.yaml: stage text_encoder (pipeline/train.py for text_finetune without
-    --encoders) relaunches itself under torchrun."""
+    """`train.nproc: 2` in params.yaml: stage text_encoder (pipeline/train.py --text-encoders) relaunches itself
+    under torchrun."""
     import mlflow
 
     raw = yaml.safe_load(PARAMS_FILE.read_text())
@@ -133,14 +133,14 @@ def test_train_nproc_makes_the_stage_launch_torchrun(tiny_model_dir, erc_tables,
     params.write_text(yaml.safe_dump(raw))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     model, plots = tmp_path / "models" / "text_encoder", tmp_path / "plots" / "text_encoder"
-    result = subprocess.run([sys.executable, "pipeline/train.py", "--params", str(params), "--objective",
-                             "text_finetune", "--tables", str(erc_tables), "--features", str(tmp_path / "unused"),
+    result = subprocess.run([sys.executable, "pipeline/train.py", "--params", str(params), "--text-encoders",
+                             "--tables", str(erc_tables), "--features", str(tmp_path / "unused"),
                              "--out", str(model), "--plots", str(plots)],
                             cwd=PROJECT_ROOT, env=ENV | {"HLM12ERC_MLFLOW_URI": uri}, text=True, capture_output=True,
                             timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "launching: torchrun --standalone --nproc_per_node=2" in result.stdout
-    assert result.stdout.count("train text_finetune: best valid weighted-F1") == 1  # rank 0 reports
+    assert result.stdout.count("train text_encoder: best valid weighted-F1") == 1  # rank 0 reports
     config = json.loads((model / "config.json").read_text())
     assert config["format"] == 2 and config["model"]["folds"] == 2
     assert sorted(p.name for p in model.glob("encoder_*.pt")) == ["encoder_0.pt", "encoder_1.pt"]
@@ -149,7 +149,7 @@ def test_train_nproc_makes_the_stage_launch_torchrun(tiny_model_dir, erc_tables,
     assert history["epoch"].tolist() == [1, 2, 1, 2]
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["hlm12erc"])
-    assert runs["tags.mlflow.runName"].tolist() == ["train-text_finetune"]  # one run, from rank 0
+    assert runs["tags.mlflow.runName"].tolist() == ["train-text_encoder"]  # one run, from rank 0
     assert runs["params.train.nproc"].tolist() == ["2"]
 
 

@@ -48,7 +48,7 @@ def test_stages_end_to_end(erc_tables, fast_params, erc_mlflow_uri, tmp_path, ca
                                      "--out", str(features)]) == 0
     assert {p.name for p in features.iterdir()} == {"train", "valid", "test", "sample"}
     encoders = tmp_path / "models" / "text_encoder"
-    assert script("train").main(["--params", str(fast_params), "--objective", "text_finetune", "--tables",
+    assert script("train").main(["--params", str(fast_params), "--text-encoders", "--tables",
                                  str(erc_tables), "--features", str(tmp_path / "unused"), "--out", str(encoders),
                                  "--plots", str(tmp_path / "plots" / "text_encoder")]) == 0  # stage text_encoder
     assert sorted(p.name for p in encoders.glob("encoder_*.pt")) == ["encoder_0.pt", "encoder_1.pt"]
@@ -115,7 +115,7 @@ def test_stages_end_to_end(erc_tables, fast_params, erc_mlflow_uri, tmp_path, ca
     from hlm12erc import tracking
     runs = MlflowClient(erc_mlflow_uri).search_runs([tracking.ensure_store()])
     assert sorted(r.info.run_name for r in runs) == ["evaluate-final", "evaluate-mock", "train-final", "train-mock",
-                                                     "train-text_finetune"]
+                                                     "train-text_encoder"]
     assert all(r.info.status == "FINISHED" for r in runs)
 
 
@@ -162,7 +162,7 @@ def test_finetune_objective_trains_and_evaluates_through_the_stage_scripts(erc_t
     import mlflow
 
     encoders = tmp_path / "models" / "text_encoder"
-    assert script("train").main(["--params", str(fast_params), "--objective", "text_finetune", "--tables",
+    assert script("train").main(["--params", str(fast_params), "--text-encoders", "--tables",
                                  str(erc_tables), "--features", str(tmp_path / "unused"), "--out", str(encoders),
                                  "--plots", str(tmp_path / "plots" / "text_encoder")]) == 0  # stage text_encoder
     model, plots = tmp_path / "models" / "tf", tmp_path / "plots" / "tf"
@@ -171,6 +171,11 @@ def test_finetune_objective_trains_and_evaluates_through_the_stage_scripts(erc_t
                                  "--out", str(model), "--plots", str(plots)]) == 0
     config = json.loads((model / "config.json").read_text())
     assert config["model"]["head"] is None and config["objective"]["name"] == "text_finetune"
+    # the stage's encoders depend on no objective; text_finetune reads them through its own context windows
+    stage = json.loads((encoders / "config.json").read_text())
+    assert stage["objective"]["name"] == "text_encoder" and stage["model"]["windows"] == []
+    assert config["model"]["windows"] == yaml.safe_load(fast_params.read_text())["objectives"]["text_finetune"][
+        "windows"] != []
     assert not (model / "head.pt").exists() and len(list(model.glob("encoder_*.pt"))) == 2
     assert pd.read_csv(plots / "history.csv").empty  # nothing trained here: the encoders came trained
     metrics_path = tmp_path / "metrics" / "tf.json"
@@ -188,7 +193,7 @@ def test_finetune_objective_trains_and_evaluates_through_the_stage_scripts(erc_t
     assert pd.read_csv(own_plots / "history.csv")["part"].tolist() == ["encoder0", "encoder1"]
     mlflow.set_tracking_uri(erc_mlflow_uri)
     runs = mlflow.search_runs(experiment_names=["hlm12erc"])
-    assert {"train-text_finetune", "evaluate-text_finetune"} <= set(runs["tags.mlflow.runName"])
+    assert {"train-text_encoder", "train-text_finetune", "evaluate-text_finetune"} <= set(runs["tags.mlflow.runName"])
 
 
 def test_finetune_objective_must_be_text_only(erc_tables, fast_params, tmp_path, capsys):

@@ -304,6 +304,69 @@ def test_text_views_allow_only_the_encoder_that_never_saw_the_row(crossfit, data
                                atol=1e-6)
 
 
+def test_context_windows_average_every_encoder_over_every_window(crossfit, data, tmp_path, monkeypatch):
+    """``windows``: each encoder also reads other (past, future) windows at prediction, probabilities averaged;
+    the training window comes first, a repeat of it is read once, and a head's train rows use it alone."""
+    params, encoders = crossfit
+    tables, features = data
+    objective = replace(TEXT_FINETUNE, windows=[[0, 0], [2, 1], [1, 0]])  # [2, 1] is the training window
+    model = trainer.new_model(objective, params).fit(tables["train"], tables["valid"], None, None, params,
+                                                     encoders_from=encoders, progress=False)
+    assert model.config.reading_windows == [(2, 1), (0, 0), (1, 0)]
+    for split in ("train", "valid"):
+        table = tables[split]
+        logits, pooled, allowed = trainer.text_views(model, table, 16, CPU)
+        alone = trainer.text_views(encoders, table, 16, CPU)
+        assert len(logits) == len(pooled) == 6 and allowed.shape == (6, len(table))
+        np.testing.assert_array_equal(allowed, np.repeat(alone[2], 3, axis=0))  # encoder-major, window-minor
+        for k in range(2):
+            np.testing.assert_allclose(logits[3 * k], alone[0][k], atol=1e-6)
+            for w, (past, future) in enumerate([(2, 1), (0, 0), (1, 0)]):
+                examples = context.text_pairs(table, model.tokenizer, 48, past, future)
+                lg, _ = trainer.encode_pairs(model.encoders[k], examples, model.tokenizer.pad_token_id, 8, CPU)
+                np.testing.assert_allclose(logits[3 * k + w], lg, atol=1e-5)
+        assert not np.allclose(logits[0], logits[1], atol=1e-3)  # another window is another reading
+        training_only = trainer.text_views(model, table, 16, CPU, every_window=False)
+        assert len(training_only[0]) == 2
+        np.testing.assert_array_equal(training_only[2], alone[2])
+        softmax = np.stack([torch.softmax(torch.from_numpy(lg), -1).numpy() for lg in logits])
+        weights = allowed[:, :, None].astype(float)
+        expected = (softmax * weights).sum(0) / weights.sum(0)
+        np.testing.assert_allclose(model.predict_proba(table), expected, atol=1e-6)
+    model.save(tmp_path / "windows")
+    loaded = ErcModel.load(tmp_path / "windows")
+    assert loaded.config.reading_windows == [(2, 1), (0, 0), (1, 0)]
+    np.testing.assert_allclose(loaded.predict_proba(tables["test"]), model.predict_proba(tables["test"]), atol=1e-6)
+    # a head: train rows through the training window alone, valid (selection) through every window
+    calls = []
+    real = trainer.text_views
+
+    def spy(model, table, batch_size, device, every_window=True):
+        calls.append((len(table), every_window))
+        return real(model, table, batch_size, device, every_window)
+
+    monkeypatch.setattr(trainer, "text_views", spy)
+    final = replace(OBJECTIVES["final"], windows=[[0, 0]])
+    head = trainer.new_model(final, params, features["train"].dims)
+    head.fit(tables["train"], tables["valid"], features["train"], features["valid"], params, encoders_from=encoders,
+             progress=False)
+    assert calls == [(len(tables["train"]), False), (len(tables["valid"]), True)]
+
+
+def test_windows_need_finetuned_text_and_two_turn_counts():
+    from hlm12erc.config import params_from_dict
+
+    with pytest.raises(ConfigError, match=r"objectives.text.windows are context windows of the fine-tuned"):
+        params_from_dict({"model": "text", "objectives": {"text": {"windows": [[1, 0]]}}})
+    for bad in ([[1]], [[2, -1]], [[1, 0, 2]]):
+        with pytest.raises(ConfigError, match=r"each window is \[past, future\] turns, both >= 0"):
+            params_from_dict({"model": "t", "objectives": {"t": {"text": "finetuned", "fusion": "none",
+                                                                 "windows": bad}}})
+    with pytest.raises(ConfigError, match=r"objectives.t.windows"):
+        params_from_dict({"model": "t", "objectives": {"t": {"text": "finetuned", "fusion": "none",
+                                                             "windows": [["a", 1]]}}})
+
+
 # ----------------------------------------------------------------------------- seed ensemble
 def test_ensemble_member_k_is_the_single_encoder_of_seed_plus_k(tiny_model_dir, data, tmp_path):
     tables, _ = data

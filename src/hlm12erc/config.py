@@ -193,6 +193,14 @@ class ObjectiveConfig:
     lr: float | None = None  # overrides train.lr
     epochs: int | None = None  # overrides train.epochs
     train_table: str = "train"  # train | sample
+    windows: list[list[int]] = field(default_factory=list)  # text: finetuned: more [past, future] context
+    # windows each encoder also reads at prediction (valid and test), probabilities averaged over all of them
+    # (test-time augmentation); the encoders train on text_encoder.past_turns/future_turns alone
+
+
+# Stage text_encoder: the fine-tuned text encoders alone, built from the text_encoder params only (so that
+# no objective's key retrains them); objectives with text: finetuned copy them.
+TEXT_ENCODERS = ObjectiveConfig(name="text_encoder", modalities=["text"], text="finetuned", fusion="none")
 
 
 @dataclass
@@ -412,6 +420,13 @@ def _check_objective(name: str, objective: ObjectiveConfig) -> None:
         if getattr(objective, key) not in choices:
             raise ConfigError(f"params: objectives.{name}.{key}={getattr(objective, key)!r} is not one of "
                               f"{', '.join(choices)}; {_FIX}")
+    if objective.windows and objective.text != "finetuned":
+        raise ConfigError(f"params: objectives.{name}.windows are context windows of the fine-tuned text encoders; "
+                          "set text: finetuned or windows: []")
+    bad = [w for w in objective.windows if len(w) != 2 or min(w) < 0]
+    if bad:
+        raise ConfigError(f"params: objectives.{name}.windows={objective.windows}: each window is [past, future] "
+                          f"turns, both >= 0 (got {bad[0]}); {_FIX}")
     unknown = [m for m in objective.modalities if m not in ("text", "audio", "visual")]
     if unknown or not objective.modalities:
         raise ConfigError(f"params: objectives.{name}.modalities={objective.modalities} must be a non-empty "

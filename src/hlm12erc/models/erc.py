@@ -321,10 +321,23 @@ class ModelConfig:
     members: int = 1  # encoders per fold, each from its own seed (a seed ensemble); probabilities averaged
     text: str = "frozen"  # frozen (the head reads cached text features) | finetuned (the encoders' vectors)
     head: HeadConfig | None = None  # None: predictions are the encoders' own classifiers
+    windows: list[list[int]] = field(default_factory=list)  # more [past, future] windows read at prediction
 
     @property
     def n_encoders(self) -> int:
         return self.folds * self.members if self.encoder else 0
+
+    @property
+    def reading_windows(self) -> list[tuple[int, int]]:
+        """The (past, future) context windows each encoder reads at prediction, its training window first;
+        their probabilities are averaged (test-time augmentation over how much of the dialogue it sees)."""
+        if self.encoder is None:
+            return []
+        found = [(self.encoder.past_turns, self.encoder.future_turns)]
+        for past, future in self.windows:
+            if (past, future) not in found:
+                found.append((past, future))
+        return found
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

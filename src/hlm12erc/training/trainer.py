@@ -510,7 +510,8 @@ def new_model(objective: ObjectiveConfig, params: Params, feature_dims: dict[str
                           dropout=objective.dropout, dialogue=objective.dialogue,
                           dialogue_layers=objective.dialogue_layers, residual=objective.residual)
     config = ModelConfig(labels=list(params.labels), encoder=encoder, folds=enc.folds if needs_encoders else 1,
-                         members=enc.members if needs_encoders else 1, text=objective.text, head=head)
+                         members=enc.members if needs_encoders else 1, text=objective.text, head=head,
+                         windows=[list(w) for w in objective.windows] if needs_encoders else [])
     return ErcModel(config, meta={"objective": asdict(objective), "features": asdict(params.features)})
 
 
@@ -595,23 +596,26 @@ def fit_encoders(model: ErcModel, train: pd.DataFrame, valid: pd.DataFrame, para
     return histories
 
 
-def text_views(model: ErcModel, table: pd.DataFrame, batch_size: int,
-               device: torch.device) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
-    """Each encoder's ``(logits, pooled)`` on ``table`` and ``allowed`` (K, N): encoder k never trained on
-    that row's dialogue (rows every encoder saw may use all of them)."""
+def text_views(model: ErcModel, table: pd.DataFrame, batch_size: int, device: torch.device,
+               every_window: bool = True) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """The text views of ``table``: ``(logits, pooled)`` of each (encoder, context window) pair, encoder-major,
+    and ``allowed`` (views, N): that view's encoder never trained on the row's dialogue (rows every encoder
+    saw may use all of them). ``every_window=False`` reads the training window alone (a head's train rows)."""
     cfg = model.config.encoder
-    examples = context.text_pairs(table, model.tokenizer, cfg.max_tokens, cfg.past_turns, cfg.future_turns)
+    windows = model.config.reading_windows if every_window else model.config.reading_windows[:1]
+    examples = [context.text_pairs(table, model.tokenizer, cfg.max_tokens, past, future) for past, future in windows]
     logits, pooled = [], []
     for encoder in model.encoders:
         encoder.to(device)
-        lg, pl = encode_pairs(encoder, examples, model.tokenizer.pad_token_id, batch_size, device)
-        logits.append(lg)
-        pooled.append(pl)
+        for window_examples in examples:
+            lg, pl = encode_pairs(encoder, window_examples, model.tokenizer.pad_token_id, batch_size, device)
+            logits.append(lg)
+            pooled.append(pl)
     ids = context.dialogue_ids(table)
     allowed = np.stack([~np.isin(ids, seen) for seen in model.encoder_dialogues]) if model.encoder_dialogues \
         else np.ones((len(model.encoders), len(table)), dtype=bool)
     allowed[:, ~allowed.any(0)] = True
-    return logits, pooled, allowed
+    return logits, pooled, np.repeat(allowed, len(windows), axis=0)
 
 
 def _average(probabilities: list[np.ndarray], allowed: np.ndarray) -> np.ndarray:
@@ -715,7 +719,8 @@ def _fit_head(model: ErcModel, train: pd.DataFrame, valid: pd.DataFrame, train_f
     y = label_ids(train, labels, f"{objective.train_table} table")
     valid_views = valid_logits = None
     if model.config.text == "finetuned":
-        logits, pooled, allowed = views.get("train") or text_views(model, train, eval_batch, device)
+        logits, pooled, allowed = views.get("train") or text_views(model, train, eval_batch, device,
+                                                                   every_window=False)
         train_inputs, source = train_inputs.over_views(pooled, logits, allowed)
         y = y[source]
         valid_logits, valid_views, valid_allowed = views.get("valid") or text_views(model, valid, eval_batch, device)
