@@ -88,12 +88,19 @@ def absent_media(table: pd.DataFrame) -> FeatureSet:
     return FeatureSet(arrays, mask, np.zeros(n, dtype=bool), index)
 
 
-def row(name: str, seed: int, dev: pd.DataFrame, probs: np.ndarray, labels: list[str], minutes: float) -> dict:
+def weighted_f1(table: pd.DataFrame, probs: np.ndarray, labels: list[str]) -> float:
+    return compute_metrics(table["label"].astype(str).tolist(), [labels[i] for i in probs.argmax(1)],
+                           labels)["weighted_f1"]
+
+
+def row(name: str, seed: int, dev: pd.DataFrame, probs: np.ndarray, labels: list[str], minutes: float,
+        valid_f1: float) -> dict:
+    """Dev metrics of ``probs``, next to the valid weighted-F1 that selected the model."""
     predicted = [labels[i] for i in probs.argmax(1)]
     metrics = compute_metrics(dev["label"].astype(str).tolist(), predicted, labels)
     return {"name": name, "seed": seed, "weighted_f1": metrics["weighted_f1"], "accuracy": metrics["accuracy"],
             "macro_f1": metrics["macro_f1"], "per_class_f1": {k: v["f1"] for k, v in metrics["per_class"].items()},
-            "train_minutes": minutes}
+            "train_minutes": minutes, "valid_weighted_f1": valid_f1}
 
 
 def encoders_for(seed: int, params: Params, train: pd.DataFrame, valid: pd.DataFrame,
@@ -211,18 +218,21 @@ def run_seed(seed: int, params: Params, train: pd.DataFrame, valid: pd.DataFrame
     encoders, text_views, encoder_minutes = ensemble_for(seed, params, {"train": train, "valid": valid, "dev": dev},
                                                          root)
     log(f"seed {seed}: {encoders.config.n_encoders} encoder(s) ready ({encoder_minutes:.1f} min)")
-    reader = trainer.new_model(params.objectives["text_finetune"], params)
-    logits, _pooled, allowed = text_views.for_model(reader)["dev"]
-    text_probs = trainer._average([trainer._softmax(lg) for lg in logits], allowed)
-    windows = reader.config.reading_windows
-    rows = [row(f"text_finetune ({encoders.config.n_encoders} encoder(s), {len(windows)} window(s))", seed, dev,
-                text_probs, labels, encoder_minutes)]
-    log(f"seed {seed}: text_finetune dev weighted-F1 {rows[-1]['weighted_f1']:.4f}")
+    windows = trainer.new_model(params.objectives["text_finetune"], params).config.reading_windows
+
+    def text_probs(split: str, read: list[tuple[int, int]]) -> np.ndarray:
+        logits, _pooled, allowed = text_views.get(split, read)
+        return trainer._average([trainer._softmax(lg) for lg in logits], allowed)
+
+    readings = [(f"text_finetune ({encoders.config.n_encoders} encoder(s), {len(windows)} window(s))", windows)]
     if len(windows) > 1:
-        logits, _pooled, allowed = text_views.get("dev", windows[:1])
-        rows.append(row("  ablation: text_finetune, the training window alone", seed, dev,
-                        trainer._average([trainer._softmax(lg) for lg in logits], allowed), labels, encoder_minutes))
-        log(f"seed {seed}: text_finetune, the training window alone: dev weighted-F1 {rows[-1]['weighted_f1']:.4f}")
+        readings.append(("  ablation: text_finetune, the training window alone", windows[:1]))
+    rows = []
+    for name, read in readings:
+        rows.append(row(name, seed, dev, text_probs("dev", read), labels, encoder_minutes,
+                        weighted_f1(valid, text_probs("valid", read), labels)))
+        log(f"seed {seed}: {name.strip()}: dev weighted-F1 {rows[-1]['weighted_f1']:.4f}; "
+            f"valid {rows[-1]['valid_weighted_f1']:.4f}")
     features = {name: absent_media(t) for name, t in (("train", train), ("valid", valid), ("dev", dev))}
     for name, objective in variants(params):
         if only and not any(key in name for key in only):
@@ -234,7 +244,8 @@ def run_seed(seed: int, params: Params, train: pd.DataFrame, valid: pd.DataFrame
                   progress=False, views={"train": views["train"], "valid": views["valid"]})
         head_minutes = (time.perf_counter() - started) / 60
         probs = dev_probs(model, dev, features["dev"], views["dev"])
-        rows.append(row(name, seed, dev, probs, labels, encoder_minutes + head_minutes))
+        rows.append(row(name, seed, dev, probs, labels, encoder_minutes + head_minutes,
+                        model.info["best_valid_weighted_f1"]))
         log(f"seed {seed}: {name}: dev weighted-F1 {rows[-1]['weighted_f1']:.4f} (macro {rows[-1]['macro_f1']:.4f}); "
             f"valid {model.info['best_valid_weighted_f1']:.4f} at head epoch {model.info['head']['best_epoch']}; "
             f"head {head_minutes:.1f} min")
@@ -253,18 +264,18 @@ def dev_probs(model: ErcModel, dev: pd.DataFrame, features: FeatureSet, views: t
 
 
 def table_markdown(rows: list[dict], labels: list[str]) -> str:
-    head = ["model", "seeds", "weighted-F1", "accuracy", "macro-F1", *labels, "train min"]
+    head = ["model", "seeds", "weighted-F1", "accuracy", "macro-F1", *labels, "valid wF1", "train min"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" + "---:|" * (len(head) - 1)]
     for name in dict.fromkeys(r["name"] for r in rows):
         group = [r for r in rows if r["name"] == name]
         mean = {k: float(np.mean([r[k] for r in group])) for k in ("weighted_f1", "accuracy", "macro_f1",
-                                                                   "train_minutes")}
+                                                                   "valid_weighted_f1", "train_minutes")}
         seeds = "/".join(str(r["seed"]) for r in group)
         spread = f" ± {np.std([r['weighted_f1'] for r in group]):.3f}" if len(group) > 1 else ""
         lines.append("| " + " | ".join([
             name.strip(), seeds, f"{mean['weighted_f1']:.3f}{spread}", f"{mean['accuracy']:.3f}",
             f"{mean['macro_f1']:.3f}", *(f"{np.mean([r['per_class_f1'][c] for r in group]):.3f}" for c in labels),
-            f"{mean['train_minutes']:.1f}"]) + " |")
+            f"{mean['valid_weighted_f1']:.3f}", f"{mean['train_minutes']:.1f}"]) + " |")
     return "\n".join(lines)
 
 
@@ -316,8 +327,11 @@ def main(argv: list[str] | None = None) -> int:
     log(f"train {len(train)} rows / {train['dialogue'].nunique()} dialogues, valid {len(valid)}, dev {len(dev)}; "
         f"text_encoder {asdict(params.text_encoder)}")
     majority = train["label"].value_counts().idxmax()
-    rows = [row("majority class", 0, dev, np.eye(len(params.labels))[[params.labels.index(majority)] * len(dev)],
-                list(params.labels), 0.0)]
+    def constant(table: pd.DataFrame) -> np.ndarray:
+        return np.eye(len(params.labels))[[params.labels.index(majority)] * len(table)]
+
+    rows = [row("majority class", 0, dev, constant(dev), list(params.labels), 0.0,
+                weighted_f1(valid, constant(valid), list(params.labels)))]
     for seed in args.seeds:
         rows += run_seed(seed, params, train, valid, dev, args.out, args.only)
         table = table_markdown(rows, list(params.labels))
