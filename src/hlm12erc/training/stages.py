@@ -61,11 +61,11 @@ def _log_epoch(row: dict) -> None:
                          step=int(row["epoch"]))
 
 
-def train_stage(params: Params, objective: str | ObjectiveConfig, tables_dir: str | Path, features_dir: str | Path,
+def train_stage(params: Params, objective: ObjectiveConfig, tables_dir: str | Path, features_dir: str | Path,
                 out_dir: str | Path, plots_dir: str | Path, encoders_dir: str | Path | None = None,
                 progress: bool = True) -> dict:
-    """Train one objective (a name of ``params.objectives``, or a config such as ``TEXT_ENCODERS``); write its
-    model folder and history.csv; log one MLflow run.
+    """Train one objective (``params.objective(name)``, or ``TEXT_ENCODERS``); write its model folder and
+    history.csv; log one MLflow run.
 
     An objective with ``text: finetuned`` copies the encoders of ``encoders_dir`` (stage
     ``text_encoder``), or without it fine-tunes its own: stage ``text_encoder`` does that for
@@ -73,7 +73,6 @@ def train_stage(params: Params, objective: str | ObjectiveConfig, tables_dir: st
     """
     from hlm12erc.training.distributed import is_main_process
 
-    objective = params.objective(objective) if isinstance(objective, str) else objective
     train, valid = _load_tables(tables_dir, [objective.train_table, "valid"], params.labels)
     dims = load_split(features_dir, tables_dir, objective.train_table).dims if objective.fusion != "none" else {}
     model = new_model(objective, params, dims)
