@@ -46,7 +46,7 @@ import yaml  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from hlm12erc.config import ObjectiveConfig, Params, load_params, params_from_dict  # noqa: E402
+from hlm12erc.config import TEXT_ENCODERS, ObjectiveConfig, Params, load_params, params_from_dict  # noqa: E402
 from hlm12erc.data import meld  # noqa: E402
 from hlm12erc.features.store import FeatureSet  # noqa: E402
 from hlm12erc.models.erc import ErcModel  # noqa: E402
@@ -88,16 +88,15 @@ def absent_media(table: pd.DataFrame) -> FeatureSet:
     return FeatureSet(arrays, mask, np.zeros(n, dtype=bool), index)
 
 
-def weighted_f1(table: pd.DataFrame, probs: np.ndarray, labels: list[str]) -> float:
-    return compute_metrics(table["label"].astype(str).tolist(), [labels[i] for i in probs.argmax(1)],
-                           labels)["weighted_f1"]
+def metrics_of(table: pd.DataFrame, probs: np.ndarray, labels: list[str]) -> dict:
+    """``compute_metrics`` of the argmax of ``probs`` against ``table``'s labels."""
+    return compute_metrics(table["label"].astype(str).tolist(), [labels[i] for i in probs.argmax(1)], labels)
 
 
 def row(name: str, seed: int, dev: pd.DataFrame, probs: np.ndarray, labels: list[str], minutes: float,
         valid_f1: float) -> dict:
     """Dev metrics of ``probs``, next to the valid weighted-F1 that selected the model."""
-    predicted = [labels[i] for i in probs.argmax(1)]
-    metrics = compute_metrics(dev["label"].astype(str).tolist(), predicted, labels)
+    metrics = metrics_of(dev, probs, labels)
     return {"name": name, "seed": seed, "weighted_f1": metrics["weighted_f1"], "accuracy": metrics["accuracy"],
             "macro_f1": metrics["macro_f1"], "per_class_f1": {k: v["f1"] for k, v in metrics["per_class"].items()},
             "train_minutes": minutes, "valid_weighted_f1": valid_f1}
@@ -110,8 +109,7 @@ def encoders_for(seed: int, params: Params, train: pd.DataFrame, valid: pd.DataF
     if (folder / "config.json").exists() and record.exists():
         return ErcModel.load(folder), json.loads(record.read_text())["train_minutes"]
     out.mkdir(parents=True, exist_ok=True)
-    objective = ObjectiveConfig(name="text_finetune", text="finetuned", fusion="none")
-    model = trainer.new_model(objective, params)
+    model = trainer.new_model(TEXT_ENCODERS, params)
     started = time.perf_counter()
 
     def on_epoch(r: dict) -> None:
@@ -230,7 +228,7 @@ def run_seed(seed: int, params: Params, train: pd.DataFrame, valid: pd.DataFrame
     rows = []
     for name, read in readings:
         rows.append(row(name, seed, dev, text_probs("dev", read), labels, encoder_minutes,
-                        weighted_f1(valid, text_probs("valid", read), labels)))
+                        metrics_of(valid, text_probs("valid", read), labels)["weighted_f1"]))
         log(f"seed {seed}: {name.strip()}: dev weighted-F1 {rows[-1]['weighted_f1']:.4f}; "
             f"valid {rows[-1]['valid_weighted_f1']:.4f}")
     features = {name: absent_media(t) for name, t in (("train", train), ("valid", valid), ("dev", dev))}
@@ -331,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         return np.eye(len(params.labels))[[params.labels.index(majority)] * len(table)]
 
     rows = [row("majority class", 0, dev, constant(dev), list(params.labels), 0.0,
-                weighted_f1(valid, constant(valid), list(params.labels)))]
+                metrics_of(valid, constant(valid), list(params.labels))["weighted_f1"])]
     for seed in args.seeds:
         rows += run_seed(seed, params, train, valid, dev, args.out, args.only)
         table = table_markdown(rows, list(params.labels))
