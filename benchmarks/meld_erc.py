@@ -23,7 +23,8 @@ Usage (from the repo root):
   ... --quick                        # a few hundred rows, 1 epoch: a smoke run in minutes
   ... --set text_encoder.epochs=5    # any params.yaml override (repeatable)
   ... --set text_encoder.members=1   # one encoder per seed instead of the default ensemble
-Encoders and their text vectors are cached under --out/seed<N>/, so a second run only fits heads.
+Encoders and their text vectors are cached under --out/seed<N>/, so a second run only fits heads;
+a folder trained with other text_encoder params is refused (use another --out).
 """
 
 from __future__ import annotations
@@ -106,8 +107,14 @@ def encoders_for(seed: int, params: Params, train: pd.DataFrame, valid: pd.DataF
                  out: Path) -> tuple[ErcModel, float]:
     """The seed's encoders (all ``folds`` of one member), fitted once and cached in ``out``."""
     folder, record = out / "text_encoder", out / "text_encoder.json"
+    settings = {k: v for k, v in asdict(params.text_encoder).items() if k != "eval_batch_size"}
     if (folder / "config.json").exists() and record.exists():
-        return ErcModel.load(folder), json.loads(record.read_text())["train_minutes"]
+        saved = json.loads(record.read_text())
+        changed = sorted(k for k, v in saved.get("text_encoder", settings).items() if settings.get(k) != v)
+        if changed:
+            raise SystemExit(f"error: {folder} holds encoders trained with other text_encoder params "
+                             f"({', '.join(changed)}); pass another --out for these settings")
+        return ErcModel.load(folder), saved["train_minutes"]
     out.mkdir(parents=True, exist_ok=True)
     model = trainer.new_model(TEXT_ENCODERS, params)
     started = time.perf_counter()
@@ -121,7 +128,8 @@ def encoders_for(seed: int, params: Params, train: pd.DataFrame, valid: pd.DataF
     history = model.info.pop("history")
     model.save(folder)
     pd.DataFrame(history).to_csv(out / "encoder_history.csv", index=False, float_format="%.6f")
-    record.write_text(json.dumps({"train_minutes": minutes, "info": model.info}, indent=1, default=str))
+    record.write_text(json.dumps({"train_minutes": minutes, "info": model.info, "text_encoder": settings}, indent=1,
+                                 default=str))
     return model, minutes
 
 

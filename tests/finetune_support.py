@@ -93,7 +93,7 @@ def main() -> None:
         encoder = build_text_encoder(cfg, len(LABELS))
         rank = dist.rank
         torch.save({k: v.clone() for k, v in encoder.state_dict().items()}, out / f"initial{rank}.pt")
-        task = EncoderTask(encoder, pairs[0], y, pairs[1], valid_y, tokenizer.pad_token_id, 16, device)
+        task = EncoderTask(encoder, [pairs[0]], y, pairs[1], valid_y, tokenizer.pad_token_id, 16, device)
         criterion = Criterion(LossConfig(loss="weighted_ce", class_weight_power=0.5, label_smoothing=0.1), y,
                               len(LABELS))
         result = train_loop(task, ddp_settings(), criterion, LABELS, device, dist, "encoder0",

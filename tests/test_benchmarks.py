@@ -89,3 +89,24 @@ def test_pipeline_throughput_missing_inputs(tmp_path):
                           capture_output=True, text=True, cwd=REPO, timeout=60)
     assert proc.returncode != 0
     assert "make demo" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_meld_benchmark_refuses_encoders_cached_with_other_params(tmp_path):
+    """A cached seed folder is reused only for the text_encoder params it was trained with."""
+    import importlib.util
+
+    import pytest
+
+    from hlm12erc.config import load_params
+
+    spec = importlib.util.spec_from_file_location("meld_erc", REPO / "benchmarks" / "meld_erc.py")
+    meld_erc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(meld_erc)
+    params = load_params(REPO / "params.yaml")
+    (tmp_path / "text_encoder").mkdir()
+    (tmp_path / "text_encoder" / "config.json").write_text("{}")
+    saved = {k: v for k, v in dataclasses.asdict(params.text_encoder).items() if k != "eval_batch_size"}
+    saved.update(epochs=params.text_encoder.epochs + 1, train_windows=[[2, 1]])
+    (tmp_path / "text_encoder.json").write_text(json.dumps({"train_minutes": 1.0, "text_encoder": saved}))
+    with pytest.raises(SystemExit, match=r"other text_encoder params \(epochs, train_windows\); pass another --out"):
+        meld_erc.encoders_for(42, params, None, None, tmp_path)

@@ -146,6 +146,51 @@ def test_bucketed_batches_cover_all_rows_once_and_are_seeded():
     assert bucketed < random_waste
 
 
+def test_train_windows_read_every_row_once_an_epoch_through_a_drawn_window(tokenizer, data):
+    tables, _ = data
+    table = tables["train"]
+    windows = [(2, 1), (0, 0), (4, 1)]
+    examples = [context.text_pairs(table, tokenizer, 48, past, future) for past, future in windows]
+    y = np.arange(len(table)) % len(LABELS)
+    task = trainer.EncoderTask(None, examples, y, [], np.zeros(0), 0, 16, torch.device("cpu"))
+    epochs = [np.concatenate(task.batches(np.random.default_rng(epoch), 8)) for epoch in range(4)]
+    for picked in epochs:
+        assert sorted((picked % len(table)).tolist()) == list(range(len(table)))  # every row once
+        assert (task.y[picked] == y[picked % len(table)]).all()  # a row's label, whatever its window
+        for i in picked[:20]:
+            assert task.examples[i] == examples[i // len(table)][i % len(table)]
+    drawn = np.concatenate(epochs) // len(table)
+    assert set(drawn.tolist()) == {0, 1, 2}  # every window is read
+    assert not (epochs[0] // len(table) == epochs[1] // len(table)).all()  # redrawn each epoch
+    # one window: exactly the plain length-bucketed batches (encoders trained before stay reproducible)
+    single = trainer.EncoderTask(None, examples[:1], y, [], np.zeros(0), 0, 16, torch.device("cpu"))
+    plain = trainer.bucketed_batches([len(e["input_ids"]) for e in examples[0]], 8, np.random.default_rng(3))
+    assert [b.tolist() for b in single.batches(np.random.default_rng(3), 8)] == [b.tolist() for b in plain]
+
+
+def test_encoders_train_on_their_window_and_the_train_windows(tiny_model_dir, data, tokenizer, monkeypatch):
+    tables, _ = data
+    seen = []
+    real = trainer.EncoderTask
+
+    def spy(encoder, examples, *args):
+        seen.append(examples)
+        return real(encoder, examples, *args)
+
+    monkeypatch.setattr(trainer, "EncoderTask", spy)
+    fit_text(tiny_params(tiny_model_dir, epochs=1, train_windows=[[0, 0], [2, 1]]), tables["train"], tables["valid"])
+    # the training window (2, 1) first, its repeat in train_windows read once
+    assert seen == [[context.text_pairs(tables["train"], tokenizer, 48, p, f) for p, f in ((2, 1), (0, 0))]]
+
+
+def test_train_windows_are_pairs_of_turn_counts():
+    from hlm12erc.config import params_from_dict
+
+    for bad in ([[1]], [[2, -1]]):
+        with pytest.raises(ConfigError, match=r"text_encoder.train_windows=.*each window is \[past, future\]"):
+            params_from_dict({"text_encoder": {"train_windows": bad}})
+
+
 # ----------------------------------------------------------------------------- training
 TEXT_FINETUNE = ObjectiveConfig(name="text_finetune", text="finetuned", fusion="none")
 

@@ -128,6 +128,8 @@ class TextEncoderParams:
     max_tokens: int = 128  # whole pair incl. [CLS]/[SEP]; only the context side is ever truncated
     past_turns: int = 3  # previous turns as context, "Speaker: text" each
     future_turns: int = 1  # next turns as context
+    train_windows: list[list[int]] = field(default_factory=list)  # more [past, future] windows: each epoch
+    # reads every train utterance through one window drawn from these and (past_turns, future_turns)
     pooling: str = "mean"  # mean | cls
     dropout: float = 0.1
     lr: float = 5e-5  # encoder body
@@ -359,6 +361,8 @@ def _validate(params: Params) -> None:
     _check(0 <= enc.label_smoothing < 1, f"text_encoder.label_smoothing={enc.label_smoothing} must be in [0, 1)")
     _check(enc.loss in ("ce", "weighted_ce", "focal"), f"text_encoder.loss={enc.loss!r} is not one of ce, "
            "weighted_ce, focal")
+    _check(all(len(w) == 2 and min(w) >= 0 for w in enc.train_windows),
+           f"text_encoder.train_windows={enc.train_windows}: each window is [past, future] turns, both >= 0")
     _check(enc.pooling in ("mean", "cls"), f"text_encoder.pooling={enc.pooling!r} is not mean or cls")
     _check(len(params.labels) >= 2 and len(set(params.labels)) == len(params.labels),
            f"labels={params.labels} must be two or more distinct names")

@@ -358,21 +358,30 @@ def encode_pairs(encoder: TextEncoder, examples: list[dict[str, list[int]]], pad
 
 
 class EncoderTask(Task):
-    """A text encoder on dialogue-context pairs; the encoder body at ``lr``, its classifier at ``head_lr``."""
+    """A text encoder on dialogue-context pairs; the encoder body at ``lr``, its classifier at ``head_lr``.
 
-    def __init__(self, encoder: TextEncoder, examples: list[dict[str, list[int]]], y: np.ndarray,
+    ``examples`` holds one list of pairs per context window (the same rows each); an epoch reads
+    every row once, through a window drawn at random (a single window: always that one)."""
+
+    def __init__(self, encoder: TextEncoder, examples: list[list[dict[str, list[int]]]], y: np.ndarray,
                  valid_examples: list[dict[str, list[int]]], valid_y: np.ndarray, pad_id: int,
                  eval_batch_size: int, device: torch.device):
-        self.module, self.examples, self.y = encoder, examples, y
+        self.module, self.n_rows = encoder, len(y)
+        self.examples = [e for window in examples for e in window]  # row i of window w at w * n_rows + i
+        self.y = np.tile(y, len(examples))
         self.valid_examples, self.valid_y = valid_examples, valid_y
         self.pad_id, self.eval_batch_size, self.device = pad_id, eval_batch_size, device
-        self.lengths = [len(e["input_ids"]) for e in examples]
+        self.lengths = np.array([len(e["input_ids"]) for e in self.examples])
 
     def is_head(self, name: str) -> bool:
         return name.startswith("head.")
 
     def batches(self, rng: np.random.Generator, batch_size: int) -> list[np.ndarray]:
-        return bucketed_batches(self.lengths, batch_size, rng)
+        n_windows = len(self.examples) // self.n_rows
+        rows = np.arange(self.n_rows)
+        if n_windows > 1:
+            rows = rows + self.n_rows * rng.integers(n_windows, size=self.n_rows)
+        return [rows[b] for b in bucketed_batches(self.lengths[rows], batch_size, rng)]
 
     def forward(self, net: nn.Module, rows: np.ndarray, device: torch.device):
         batch = {k: v.to(device) for k, v in collate_pairs([self.examples[i] for i in rows], self.pad_id).items()}
@@ -567,6 +576,8 @@ def fit_encoders(model: ErcModel, train: pd.DataFrame, valid: pd.DataFrame, para
     folds = context.fold_of_dialogues(ids, model.config.folds, params.train.seed)
     fold = np.array([folds[i] for i in ids])
     valid_examples = context.text_pairs(valid, tokenizer, cfg.max_tokens, cfg.past_turns, cfg.future_turns)
+    windows = [(cfg.past_turns, cfg.future_turns)]
+    windows += [(p, f) for p, f in enc.train_windows if (p, f) not in windows]
     valid_y = label_ids(valid, labels, "valid")
     histories: list[dict[str, Any]] = []
     encoders, seen = [], []
@@ -578,7 +589,7 @@ def fit_encoders(model: ErcModel, train: pd.DataFrame, valid: pd.DataFrame, para
             part = train[fold != k % model.config.folds] if model.config.folds > 1 else train
             seed_everything(params.train.seed + k)  # same on every rank: same classifier init, same batches
             encoder = build_text_encoder(cfg, len(labels))
-            examples = context.text_pairs(part, tokenizer, cfg.max_tokens, cfg.past_turns, cfg.future_turns)
+            examples = [context.text_pairs(part, tokenizer, cfg.max_tokens, past, future) for past, future in windows]
             task = EncoderTask(encoder, examples, label_ids(part, labels, "train"), valid_examples, valid_y,
                                tokenizer.pad_token_id, enc.eval_batch_size, device)
             settings = encoder_settings(enc, params.train.seed + k)
