@@ -91,17 +91,54 @@ def test_pipeline_throughput_missing_inputs(tmp_path):
     assert "make demo" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_meld_benchmark_refuses_encoders_cached_with_other_params(tmp_path):
-    """A cached seed folder is reused only for the text_encoder params it was trained with."""
+def meld_benchmark():
     import importlib.util
 
+    spec = importlib.util.spec_from_file_location("meld_erc", REPO / "benchmarks" / "meld_erc.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_meld_benchmark_table_gives_dialogue_bootstrap_intervals_paired_on_text_finetune():
+    import numpy as np
+    import pandas as pd
+
+    meld_erc = meld_benchmark()
+    rng = np.random.default_rng(0)
+    dev = pd.DataFrame({"dialogue": np.repeat(np.arange(40), 6), "label": rng.choice(ERC_LABELS, 240)})
+    truth = np.eye(len(ERC_LABELS))[[ERC_LABELS.index(v) for v in dev["label"]]]
+
+    def noisy(keep: float, seed: int) -> np.ndarray:
+        probs = np.random.default_rng(seed).random(truth.shape)
+        return np.where(np.random.default_rng(seed + 1).random(len(dev))[:, None] < keep, truth, probs)
+
+    rows = []
+    for seed in (1, 2):
+        base = noisy(0.5, seed)
+        rows += [meld_erc.row("text_finetune (2 encoder(s))", seed, dev, base, ERC_LABELS, 1.0, 0.5),
+                 meld_erc.row("final, same as text_finetune", seed, dev, base, ERC_LABELS, 1.0, 0.5),
+                 meld_erc.row("final, perfect", seed, dev, truth, ERC_LABELS, 1.0, 0.5)]
+    lines = meld_erc.table_markdown(rows, ERC_LABELS, dev).splitlines()
+    assert lines[0].startswith("| model | seeds | weighted-F1 | dev 95% CI | vs text_finetune (95% CI) |")
+    cells = {line.split(" | ")[0][2:]: line.split(" | ") for line in lines[2:]}
+    low, high = map(float, cells["text_finetune (2 encoder(s))"][3].split("–"))
+    mean = np.mean([r["weighted_f1"] for r in rows if r["name"].startswith("text_finetune")])
+    assert low < mean < high and high - low > 0.02
+    assert cells["text_finetune (2 encoder(s))"][4] == "(reference)"
+    assert cells["final, same as text_finetune"][4] == "+0.000 (+0.000, +0.000)"
+    gain = cells["final, perfect"][4]
+    assert cells["final, perfect"][3] == "1.000–1.000" and gain.startswith(f"+{1 - mean:.3f} (+")
+    assert meld_erc.table_markdown(rows, ERC_LABELS).splitlines()[0].count("95% CI") == 0  # no dev: no intervals
+
+
+def test_meld_benchmark_refuses_encoders_cached_with_other_params(tmp_path):
+    """A cached seed folder is reused only for the text_encoder params it was trained with."""
     import pytest
 
     from hlm12erc.config import load_params
 
-    spec = importlib.util.spec_from_file_location("meld_erc", REPO / "benchmarks" / "meld_erc.py")
-    meld_erc = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(meld_erc)
+    meld_erc = meld_benchmark()
     params = load_params(REPO / "params.yaml")
     (tmp_path / "text_encoder").mkdir()
     (tmp_path / "text_encoder" / "config.json").write_text("{}")

@@ -81,7 +81,9 @@ def test_stages_end_to_end(erc_tables, fast_params, erc_mlflow_uri, tmp_path, ca
                                         "--metrics", str(metrics_path), "--plots", str(plots)]) == 0
         metrics = json.loads(metrics_path.read_text())
         assert set(metrics) == {"objective", "split", "n", "accuracy", "weighted_f1", "macro_f1", "per_class",
-                                "absent_modalities"}
+                                "weighted_f1_ci95", "absent_modalities"}
+        low, high = metrics["weighted_f1_ci95"]  # the dialogue bootstrap: 14 rows move the score a lot
+        assert 0.0 <= low <= metrics["weighted_f1"] <= high <= 1.0 and high - low > 0.05
         assert metrics["absent_modalities"] == []  # the synthetic tables have clips
         assert metrics["objective"] == name and metrics["split"] == "test" and metrics["n"] == 14
         assert list(metrics["per_class"]) == ERC_LABELS
@@ -103,7 +105,10 @@ def test_stages_end_to_end(erc_tables, fast_params, erc_mlflow_uri, tmp_path, ca
                                   "--plot", str(png)]) == 0
     table = pd.read_csv(csv)
     assert table.columns.tolist() == ["objective", "modalities", "fusion", "loss", "accuracy", "weighted_f1",
-                                      "macro_f1"]
+                                      "weighted_f1_low", "weighted_f1_high", "macro_f1"]
+    final = json.loads((tmp_path / "metrics" / "final.json").read_text())
+    assert [table.loc[1, "weighted_f1_low"], table.loc[1, "weighted_f1_high"]] == \
+        pytest.approx(final["weighted_f1_ci95"], abs=1e-4)
     assert table["objective"].tolist() == ["mock", "final"]
     assert table.loc[1, "loss"] == "weighted_ce + 0.1 triplet"
     assert table.loc[1, "fusion"] == "attention + past dialogue"  # params.yaml final: attention, dialogue: past

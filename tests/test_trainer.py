@@ -217,6 +217,25 @@ def test_metrics_keep_absent_classes_and_hand_values():
     assert counts.shape == (7, 7) and counts[ERC_LABELS.index("joy"), ERC_LABELS.index("anger")] == 1
 
 
+def test_bootstrap_resamples_whole_dialogues_and_scores_every_model_on_the_same_ones():
+    from hlm12erc.training.metrics import bootstrap_weighted_f1
+
+    rng = np.random.default_rng(5)
+    dialogues = np.repeat([f"d{i}" for i in range(12)], rng.integers(2, 7, 12))
+    y = rng.integers(0, 7, len(dialogues))
+    noisy = np.where(rng.random(len(y)) < 0.6, y, rng.integers(0, 7, len(y)))
+    scores = bootstrap_weighted_f1(y, [noisy, y], dialogues, 7, resamples=20, seed=3)
+    assert scores.shape == (20, 2) and (scores[:, 1] == 1.0).all()  # the perfect model, on every resample
+    # resample 0 by hand: 12 dialogues drawn with replacement (sorted names), each one's turns all kept
+    names = sorted(set(dialogues))
+    drawn = np.random.default_rng(3).integers(len(names), size=len(names))
+    rows = np.concatenate([np.flatnonzero(dialogues == names[d]) for d in drawn])
+    by_hand = compute_metrics([ERC_LABELS[i] for i in y[rows]], [ERC_LABELS[i] for i in noisy[rows]], ERC_LABELS)
+    assert scores[0, 0] == pytest.approx(by_hand["weighted_f1"], abs=1e-12)
+    assert len(set(np.round(scores[:, 0], 9))) > 10  # the resamples differ
+    assert (bootstrap_weighted_f1(y, [noisy], dialogues, 7, resamples=20, seed=3)[:, 0] == scores[:, 0]).all()
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_metrics_match_scikit_learn(seed):
     sklearn_metrics = pytest.importorskip("sklearn.metrics")

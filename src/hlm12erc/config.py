@@ -327,6 +327,14 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(f"params: {message}; {_FIX}")
 
 
+def _check_windows(key: str, windows: list[list[int]]) -> None:
+    """Context windows (of the text encoders' training or prediction) are [past, future] turn counts."""
+    bad = [w for w in windows if len(w) != 2 or min(w) < 0]
+    if bad:
+        raise ConfigError(f"params: {key}={windows}: each window is [past, future] turns, both >= 0 (got {bad[0]}); "
+                          f"{_FIX}")
+
+
 def _validate(params: Params) -> None:
     """Ranges and choices of the sections the data stages read (types are checked by :func:`_build`)."""
     data, extract, train, tab, run = params.data, params.extract, params.train, params.tabulate, params.runtime
@@ -361,8 +369,7 @@ def _validate(params: Params) -> None:
     _check(0 <= enc.label_smoothing < 1, f"text_encoder.label_smoothing={enc.label_smoothing} must be in [0, 1)")
     _check(enc.loss in ("ce", "weighted_ce", "focal"), f"text_encoder.loss={enc.loss!r} is not one of ce, "
            "weighted_ce, focal")
-    _check(all(len(w) == 2 and min(w) >= 0 for w in enc.train_windows),
-           f"text_encoder.train_windows={enc.train_windows}: each window is [past, future] turns, both >= 0")
+    _check_windows("text_encoder.train_windows", enc.train_windows)
     _check(enc.pooling in ("mean", "cls"), f"text_encoder.pooling={enc.pooling!r} is not mean or cls")
     _check(len(params.labels) >= 2 and len(set(params.labels)) == len(params.labels),
            f"labels={params.labels} must be two or more distinct names")
@@ -427,10 +434,7 @@ def _check_objective(name: str, objective: ObjectiveConfig) -> None:
     if objective.windows and objective.text != "finetuned":
         raise ConfigError(f"params: objectives.{name}.windows are context windows of the fine-tuned text encoders; "
                           "set text: finetuned or windows: []")
-    bad = [w for w in objective.windows if len(w) != 2 or min(w) < 0]
-    if bad:
-        raise ConfigError(f"params: objectives.{name}.windows={objective.windows}: each window is [past, future] "
-                          f"turns, both >= 0 (got {bad[0]}); {_FIX}")
+    _check_windows(f"objectives.{name}.windows", objective.windows)
     unknown = [m for m in objective.modalities if m not in ("text", "audio", "visual")]
     if unknown or not objective.modalities:
         raise ConfigError(f"params: objectives.{name}.modalities={objective.modalities} must be a non-empty "

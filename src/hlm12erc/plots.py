@@ -43,13 +43,18 @@ def plot_confusion(counts: np.ndarray, labels: Sequence[str], path: str | Path, 
 
 
 def plot_objectives(table: pd.DataFrame, path: str | Path) -> Path:
-    """Grouped bars of accuracy / weighted-F1 / macro-F1 per objective."""
+    """Grouped bars of accuracy / weighted-F1 / macro-F1 per objective; weighted-F1 with its 95 % interval
+    (columns ``weighted_f1_low`` / ``weighted_f1_high``) as an error bar where the table has it."""
     plt = _pyplot()
     metrics = ["accuracy", "weighted_f1", "macro_f1"]
     x = np.arange(len(table))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(table) + 2), 4))
     for k, metric in enumerate(metrics):
-        ax.bar(x + (k - 1) * 0.27, table[metric], width=0.27, label=metric)
+        error = None
+        if metric == "weighted_f1" and {"weighted_f1_low", "weighted_f1_high"} <= set(table.columns):
+            error = np.nan_to_num(np.stack([table[metric] - table["weighted_f1_low"],
+                                            table["weighted_f1_high"] - table[metric]]).astype(float))
+        ax.bar(x + (k - 1) * 0.27, table[metric], width=0.27, label=metric, yerr=error, capsize=2)
     ax.set_xticks(x, table["objective"], rotation=30, ha="right")
     ax.set_ylim(0, 1)
     ax.set_ylabel("score")

@@ -10,7 +10,8 @@ import pandas as pd
 
 from hlm12erc.config import ConfigError, Params
 
-REPORT_COLUMNS = ("objective", "modalities", "fusion", "loss", "accuracy", "weighted_f1", "macro_f1")
+REPORT_COLUMNS = ("objective", "modalities", "fusion", "loss", "accuracy", "weighted_f1", "weighted_f1_low",
+                  "weighted_f1_high", "macro_f1")  # low-high: the 95 % dialogue-bootstrap interval (evaluate)
 
 
 def _describe(objective, params: Params) -> tuple[str, str, str]:
@@ -40,8 +41,10 @@ def report_stage(params: Params, metrics_dir: str | Path, objectives: Sequence[s
         metrics = json.loads(path.read_text(encoding="utf-8"))
         objective = params.objectives.get(name)
         modalities, fusion, loss = _describe(objective, params) if objective else ("?", "?", "?")
+        low, high = metrics.get("weighted_f1_ci95") or (float("nan"), float("nan"))  # metrics of older evaluates
         rows.append({"objective": name, "modalities": modalities, "fusion": fusion, "loss": loss,
-                     **{k: round(float(metrics[k]), 4) for k in ("accuracy", "weighted_f1", "macro_f1")}})
+                     **{k: round(float(metrics[k]), 4) for k in ("accuracy", "weighted_f1", "macro_f1")},
+                     "weighted_f1_low": round(float(low), 4), "weighted_f1_high": round(float(high), 4)})
     table = pd.DataFrame(rows, columns=list(REPORT_COLUMNS))
     for path in (out_md, out_csv, out_plot):
         Path(path).parent.mkdir(parents=True, exist_ok=True)

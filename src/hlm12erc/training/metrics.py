@@ -105,3 +105,23 @@ def scores_from_logits(logits: np.ndarray, y: np.ndarray, n_labels: int) -> dict
     weighted, macro = _averages(f1, support)
     return {"loss": loss, "accuracy": float(np.mean(pred == y)) if len(y) else 0.0,
             "weighted_f1": weighted, "macro_f1": macro}
+
+
+def bootstrap_weighted_f1(y: np.ndarray, predictions: Sequence[np.ndarray], groups: Sequence[object], n_labels: int,
+                          resamples: int = 1000, seed: int = 0) -> np.ndarray:
+    """Weighted F1 of each class-id prediction vector on ``resamples`` bootstrap resamples of whole
+    ``groups`` (dialogues: the turns of one dialogue are not independent draws); shape
+    (resamples, len(predictions)). Every vector is scored on the same resamples, so differences
+    between columns are paired."""
+    y = np.asarray(y, dtype=np.int64)
+    _names, group = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
+    n_groups, rng = int(group.max()) + 1, np.random.default_rng(seed)
+    cells = [y * n_labels + np.asarray(p, dtype=np.int64) for p in predictions]
+    out = np.empty((resamples, len(cells)))
+    for r in range(resamples):
+        weight = np.bincount(rng.integers(n_groups, size=n_groups), minlength=n_groups)[group]
+        for j, cell in enumerate(cells):
+            counts = np.bincount(cell, weights=weight, minlength=n_labels * n_labels).reshape(n_labels, n_labels)
+            _precision, _recall, f1, support = _per_class(counts)
+            out[r, j] = _averages(f1, support)[0]
+    return out

@@ -16,14 +16,16 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from hlm12erc import tracking
 from hlm12erc.config import ConfigError, ObjectiveConfig, Params
+from hlm12erc.data import context
 from hlm12erc.data.meld import absent_modalities, absent_warning
 from hlm12erc.features.store import FeatureSet
 from hlm12erc.models.erc import ErcModel
-from hlm12erc.training.metrics import compute_metrics, confusion, report_text
+from hlm12erc.training.metrics import bootstrap_weighted_f1, compute_metrics, confusion, report_text
 from hlm12erc.training.trainer import HISTORY_COLUMNS, new_model, select_device, set_cpu_threads
 
 
@@ -106,6 +108,15 @@ def train_stage(params: Params, objective: ObjectiveConfig, tables_dir: str | Pa
             "best_epoch": {k: v["best_epoch"] for k, v in parts.items()}, "epochs_run": len(history)}
 
 
+def weighted_f1_interval(table: pd.DataFrame, predicted: np.ndarray, labels: Sequence[str]) -> list[float]:
+    """The 95 % interval of weighted-F1 over 1,000 seeded bootstrap resamples of the split's dialogues:
+    how far the score could move on another sample of conversations (small test splits move a lot)."""
+    lookup = {label: i for i, label in enumerate(labels)}
+    y = np.array([lookup[str(v)] for v in table["label"]])
+    scores = bootstrap_weighted_f1(y, [predicted], context.dialogue_ids(table), len(labels))[:, 0]
+    return [round(float(v), 6) for v in np.percentile(scores, [2.5, 97.5])]
+
+
 def evaluate_stage(params: Params, model_dir: str | Path, tables_dir: str | Path, features_dir: str | Path,
                    split: str, metrics_path: str | Path, plots_dir: str | Path) -> tuple[dict, str]:
     """Score a model folder on ``split``; write the metrics JSON and plots; log one MLflow run."""
@@ -122,6 +133,7 @@ def evaluate_stage(params: Params, model_dir: str | Path, tables_dir: str | Path
     if absent:
         print(absent_warning(name, absent, f"{split}.csv"), file=sys.stderr)
     metrics = {"objective": name, "split": split, **compute_metrics(actual, predicted, labels),
+               "weighted_f1_ci95": weighted_f1_interval(table, probs.argmax(1), labels),
                "absent_modalities": absent}
     report = report_text(actual, predicted, labels)
     counts = confusion(actual, predicted, labels)

@@ -576,8 +576,7 @@ def fit_encoders(model: ErcModel, train: pd.DataFrame, valid: pd.DataFrame, para
     folds = context.fold_of_dialogues(ids, model.config.folds, params.train.seed)
     fold = np.array([folds[i] for i in ids])
     valid_examples = context.text_pairs(valid, tokenizer, cfg.max_tokens, cfg.past_turns, cfg.future_turns)
-    windows = [(cfg.past_turns, cfg.future_turns)]
-    windows += [(p, f) for p, f in enc.train_windows if (p, f) not in windows]
+    windows = replace(model.config, windows=enc.train_windows).reading_windows  # training window first, no repeats
     valid_y = label_ids(valid, labels, "valid")
     histories: list[dict[str, Any]] = []
     encoders, seen = [], []
