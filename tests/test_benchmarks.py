@@ -1,4 +1,5 @@
-"""benchmarks/pipeline_throughput.py --quick end to end on tiny generated inputs (no DVC outputs needed)."""
+"""The benchmark scripts: pipeline_throughput.py --quick end to end on tiny generated inputs (no DVC outputs
+needed), and the parts of the MELD benchmarks that run without MELD."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from conftest import ERC_LABELS, erc_random_features
 
@@ -91,10 +94,13 @@ def test_pipeline_throughput_missing_inputs(tmp_path):
     assert "make demo" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
-def meld_benchmark():
+def benchmark(name: str):
+    """A script of benchmarks/ as a module (they import each other by name)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("meld_erc", REPO / "benchmarks" / "meld_erc.py")
+    if str(REPO / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -104,7 +110,7 @@ def test_meld_benchmark_table_gives_dialogue_bootstrap_intervals_paired_on_text_
     import numpy as np
     import pandas as pd
 
-    meld_erc = meld_benchmark()
+    meld_erc = benchmark("meld_erc")
     rng = np.random.default_rng(0)
     dev = pd.DataFrame({"dialogue": np.repeat(np.arange(40), 6), "label": rng.choice(ERC_LABELS, 240)})
     truth = np.eye(len(ERC_LABELS))[[ERC_LABELS.index(v) for v in dev["label"]]]
@@ -134,11 +140,9 @@ def test_meld_benchmark_table_gives_dialogue_bootstrap_intervals_paired_on_text_
 
 def test_meld_benchmark_refuses_encoders_cached_with_other_params(tmp_path):
     """A cached seed folder is reused only for the text_encoder params it was trained with."""
-    import pytest
-
     from hlm12erc.config import load_params
 
-    meld_erc = meld_benchmark()
+    meld_erc = benchmark("meld_erc")
     params = load_params(REPO / "params.yaml")
     (tmp_path / "text_encoder").mkdir()
     (tmp_path / "text_encoder" / "config.json").write_text("{}")
@@ -147,3 +151,51 @@ def test_meld_benchmark_refuses_encoders_cached_with_other_params(tmp_path):
     (tmp_path / "text_encoder.json").write_text(json.dumps({"train_minutes": 1.0, "text_encoder": saved}))
     with pytest.raises(SystemExit, match=r"other text_encoder params \(epochs, train_windows\); pass another --out"):
         meld_erc.encoders_for(42, params, None, None, tmp_path)
+
+
+def test_neighbour_turns_are_the_speakers_last_the_other_speakers_just_before_and_the_next():
+    import numpy as np
+    import pandas as pd
+
+    probe = benchmark("meld_dialogue_signal")
+    # dialogue a in order A B A A, dialogue b: C; rows shuffled
+    table = pd.DataFrame({"dialogue": ["a", "b", "a", "a", "a"], "sequence": [2, 0, 0, 3, 1],
+                          "speaker": ["A", "C", "A", "A", "B"], "label": ["joy"] * 5})
+    probs = np.full((5, 2), 0.5)
+    probs[:, 0] = [0.1, 0.2, 0.3, 0.4, 0.6]
+    x = probe.neighbour_turns(table, probs)
+    assert x.shape == (5, 2 * 4 + 3)
+    same, other, following, flags = np.exp(x[:, 2:4]), np.exp(x[:, 4:6]), np.exp(x[:, 6:8]), x[:, 8:]
+    # row 0 (a, turn 2, A): A's last turn is row 2 (turn 0); the turn just before is B's (row 4)
+    assert same[0, 0] == pytest.approx(0.3) and other[0, 0] == pytest.approx(0.6) and flags[0].tolist() == [1, 1, 1]
+    assert following[0, 0] == pytest.approx(0.4)  # turn 3 is row 3
+    # row 3 (a, turn 3, A): A's last turn is row 0; the turn just before is A's own, so no other-speaker turn
+    assert same[3, 0] == pytest.approx(0.1) and flags[3].tolist() == [1, 0, 0]
+    assert flags[2].tolist() == [0, 0, 1] and following[2, 0] == pytest.approx(0.6)  # first turn of a
+    assert flags[1].tolist() == [0, 0, 0]  # b has one turn
+    assert flags[4].tolist() == [0, 1, 1] and other[4, 0] == pytest.approx(0.3)
+
+
+def test_dialogue_signal_finds_emotions_that_carry_over_from_the_previous_turn():
+    import numpy as np
+    import pandas as pd
+
+    probe = benchmark("meld_dialogue_signal")
+    rng = np.random.default_rng(0)
+    labels = ERC_LABELS
+    rows = []
+    for d in range(120):  # each turn mostly repeats the previous turn's emotion; the readings see it only faintly
+        label = rng.integers(7)
+        for t in range(8):
+            label = label if rng.random() < 0.8 else rng.integers(7)
+            rows.append({"dialogue": d, "sequence": t, "speaker": "AB"[t % 2], "label": labels[label]})
+    table = pd.DataFrame(rows)
+    y = np.array([labels.index(v) for v in table["label"]])
+    logits = rng.normal(size=(len(table), 7)) + 1.0 * np.eye(7)[y]
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    scores = probe.signal(table, probs, labels)
+    assert list(scores) == ["the ensemble as it is", "regression: this turn", "regression: + previous turns",
+                            "regression: + previous and next turns"]
+    assert scores["regression: + previous turns"][0] < scores["regression: this turn"][0] - 0.05
+    assert scores["regression: + previous turns"][1] > scores["regression: this turn"][1]
+    assert scores["regression: + previous and next turns"][0] < scores["regression: + previous turns"][0]
