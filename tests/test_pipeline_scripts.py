@@ -210,3 +210,19 @@ def test_finetune_objective_must_be_text_only(erc_tables, fast_params, tmp_path,
                                  str(erc_tables), "--features", str(tmp_path), "--out", str(tmp_path / "m"),
                                  "--plots", str(tmp_path / "p")]) == 2
     assert "modalities: [text]" in capsys.readouterr().err
+
+
+def test_report_reads_metrics_written_before_the_interval_existed(tmp_path):
+    """An older metrics JSON (no weighted_f1_ci95) reports an empty range and no error bar, not a crash."""
+    from hlm12erc.config import load_params
+    from hlm12erc.report import report_stage
+
+    per_class = {label: {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 1} for label in ERC_LABELS}
+    base = {"split": "test", "n": 7, "accuracy": 0.5, "weighted_f1": 0.5, "macro_f1": 0.5, "per_class": per_class}
+    (tmp_path / "text.json").write_text(json.dumps({"objective": "text", **base}))
+    (tmp_path / "final.json").write_text(json.dumps({"objective": "final", **base, "weighted_f1_ci95": [0.3, 0.7]}))
+    table = report_stage(load_params(PARAMS_FILE), tmp_path, ["text", "final"], tmp_path / "o.md", tmp_path / "o.csv",
+                         tmp_path / "o.png")
+    assert table["weighted_f1_low"].isna().tolist() == [True, False]
+    assert table.loc[1, ["weighted_f1_low", "weighted_f1_high"]].tolist() == [0.3, 0.7]
+    assert "| 0.3000 | 0.7000 |" in (tmp_path / "o.md").read_text() and (tmp_path / "o.png").stat().st_size > 1000

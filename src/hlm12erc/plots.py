@@ -54,12 +54,14 @@ def plot_objectives(table: pd.DataFrame, path: str | Path) -> Path:
         if metric == "weighted_f1" and {"weighted_f1_low", "weighted_f1_high"} <= set(table.columns):
             error = np.nan_to_num(np.stack([table[metric] - table["weighted_f1_low"],
                                             table["weighted_f1_high"] - table[metric]]).astype(float))
-        ax.bar(x + (k - 1) * 0.27, table[metric], width=0.27, label=metric, yerr=error, capsize=2)
+        label = f"{metric} (95% dialogue-bootstrap range)" if error is not None else metric
+        ax.bar(x + (k - 1) * 0.27, table[metric], width=0.27, label=label, yerr=error, capsize=2)
     ax.set_xticks(x, table["objective"], rotation=30, ha="right")
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.12)  # headroom for the legend row above bars and error bars
+    ax.set_yticks(np.linspace(0, 1, 6))
     ax.set_ylabel("score")
     ax.set_title("objectives on the test split")
-    ax.legend()
+    ax.legend(loc="upper center", ncol=3, fontsize="small", frameon=False)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
