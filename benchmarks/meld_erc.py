@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from hlm12erc.config import TEXT_ENCODERS, ObjectiveConfig, Params, load_params, params_from_dict  # noqa: E402
-from hlm12erc.data import meld  # noqa: E402
+from hlm12erc.data import context, meld  # noqa: E402
 from hlm12erc.features.store import FeatureSet  # noqa: E402
 from hlm12erc.models.erc import ErcModel  # noqa: E402
 from hlm12erc.training import trainer  # noqa: E402
@@ -273,7 +273,7 @@ def intervals(rows: list[dict], dev: pd.DataFrame, labels: list[str], resamples:
     """Per row name: the 95 % interval of its seed-mean dev weighted-F1 and of its paired difference to
     ``text_finetune`` on the same seeds (None without one), over bootstrap resamples of dev's dialogues."""
     y = np.array([labels.index(str(v)) for v in dev["label"]])
-    scores = bootstrap_weighted_f1(y, [r["predicted"] for r in rows], dev["dialogue"].tolist(), len(labels),
+    scores = bootstrap_weighted_f1(y, [r["predicted"] for r in rows], context.dialogue_ids(dev), len(labels),
                                    resamples)
     reference = {r["seed"]: i for i, r in enumerate(rows) if r["name"].startswith("text_finetune")}
     out = {}
