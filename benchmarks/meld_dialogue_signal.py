@@ -2,7 +2,7 @@
 
 For each seed's ensemble (the encoders and text views ``benchmarks/meld_erc.py`` cached under --out;
 missing ones are fine-tuned first), the ``text_finetune`` probabilities p on MELD's valid split,
-which no encoder trained on, are the inputs of two multinomial logistic regressions, scored by
+which no encoder trained on, are the inputs of three multinomial logistic regressions, scored by
 grouped 5-fold cross-validation over valid's dialogues:
 
   * ``this turn``: log p(t);
@@ -63,7 +63,7 @@ def neighbour_turns(table: pd.DataFrame, probs: np.ndarray) -> np.ndarray:
 
 def signal(table: pd.DataFrame, probs: np.ndarray, labels: list[str], c: float = 1.0,
            folds: int = 5) -> dict[str, tuple[float, float]]:
-    """(log-loss, weighted-F1) of ``probs`` as they are and of the two regressions (inverse L2 strength
+    """(log-loss, weighted-F1) of ``probs`` as they are and of the three regressions (inverse L2 strength
     ``c``), cross-validated by dialogue."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss
@@ -108,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         seeded = replace(params, train=replace(params.train, seed=seed))
         _encoders, views, _minutes = meld_erc.ensemble_for(seed, seeded, tables, args.out)
-        logits, _pooled, allowed = views.get("valid", windows)
-        probs = trainer._average([trainer._softmax(lg) for lg in logits], allowed)
+        probs = views.probs("valid", windows)
         for c in args.c:
             for name, (loss, f1) in signal(valid, probs, labels, c).items():
                 if c == args.c[0] or name.startswith("regression"):

@@ -165,6 +165,11 @@ class TextViews:
                     allowed.append(al[e])
         return logits, pooled, np.stack(allowed)
 
+    def probs(self, name: str, windows: list[tuple[int, int]]) -> np.ndarray:
+        """``text_finetune``'s probabilities on table ``name``: every view's softmax, averaged where allowed."""
+        logits, _pooled, allowed = self.get(name, windows)
+        return trainer._average([trainer._softmax(lg) for lg in logits], allowed)
+
     def for_model(self, model: ErcModel) -> dict[str, tuple]:
         """What ``model.fit`` and prediction would read: train through the training window alone."""
         windows = model.config.reading_windows
@@ -226,17 +231,13 @@ def run_seed(seed: int, params: Params, train: pd.DataFrame, valid: pd.DataFrame
     log(f"seed {seed}: {encoders.config.n_encoders} encoder(s) ready ({encoder_minutes:.1f} min)")
     windows = trainer.new_model(params.objectives["text_finetune"], params).config.reading_windows
 
-    def text_probs(split: str, read: list[tuple[int, int]]) -> np.ndarray:
-        logits, _pooled, allowed = text_views.get(split, read)
-        return trainer._average([trainer._softmax(lg) for lg in logits], allowed)
-
     readings = [(f"text_finetune ({encoders.config.n_encoders} encoder(s), {len(windows)} window(s))", windows)]
     if len(windows) > 1:
         readings.append(("  ablation: text_finetune, the training window alone", windows[:1]))
     rows = []
     for name, read in readings:
-        rows.append(row(name, seed, dev, text_probs("dev", read), labels, encoder_minutes,
-                        metrics_of(valid, text_probs("valid", read), labels)["weighted_f1"]))
+        rows.append(row(name, seed, dev, text_views.probs("dev", read), labels, encoder_minutes,
+                        metrics_of(valid, text_views.probs("valid", read), labels)["weighted_f1"]))
         log(f"seed {seed}: {name.strip()}: dev weighted-F1 {rows[-1]['weighted_f1']:.4f}; "
             f"valid {rows[-1]['valid_weighted_f1']:.4f}")
     features = {name: absent_media(t) for name, t in (("train", train), ("valid", valid), ("dev", dev))}
