@@ -30,10 +30,9 @@ SETTINGS = {  # name -> (modality, features params section overrides)
     "audio: logmel (old default)": ("audio", {"encoder": "logmel"}),
     "audio: whisper tiny.en": ("audio", {"encoder": "whisper", "whisper_size": "tiny.en"}),
     "audio: whisper base (default)": ("audio", {"encoder": "whisper", "whisper_size": "base"}),
-    "visual: stats + haar crop (old default)": ("visual", {"encoder": "stats", "faces": "haar", "face_model": "crop"}),
     "visual: efficientnet_lite0 only": ("visual", {"encoder": "efficientnet_lite0", "faces": "none"}),
-    "visual: haar + fer faces only": ("visual", {"encoder": "stats", "faces": "haar", "face_model": "fer"}),
-    "visual: mtcnn + fer faces only": ("visual", {"encoder": "stats", "faces": "mtcnn", "face_model": "fer"}),
+    "visual: haar + fer faces only": ("visual", {"encoder": "stats", "faces": "haar"}),
+    "visual: mtcnn + fer faces only": ("visual", {"encoder": "stats", "faces": "mtcnn"}),
     "visual: efficientnet_lite0 + mtcnn + fer (default)": ("visual", {}),
 }
 

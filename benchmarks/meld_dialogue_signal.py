@@ -37,8 +37,8 @@ import meld_erc  # noqa: E402
 
 from hlm12erc.config import load_params  # noqa: E402
 from hlm12erc.data import context  # noqa: E402
-from hlm12erc.training import trainer  # noqa: E402
-from hlm12erc.training.metrics import compute_metrics  # noqa: E402
+from hlm12erc.metrics import compute_metrics  # noqa: E402
+from hlm12erc.training.fit import new_model  # noqa: E402
 
 
 def neighbour_turns(table: pd.DataFrame, probs: np.ndarray) -> np.ndarray:
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     labels = list(params.labels)
     train, valid, dev = meld_erc.load_splits(args.data, False)
     tables = {"train": train, "valid": valid, "dev": dev}
-    windows = trainer.new_model(params.objectives["text_finetune"], params).config.reading_windows
+    windows = new_model(params.objectives["text_finetune"], params).config.reading_windows
     lines = ["| seed | valid readings | C | log-loss | weighted-F1 |", "|---:|---|---:|---:|---:|"]
     for seed in args.seeds:
         seeded = replace(params, train=replace(params.train, seed=seed))

@@ -50,9 +50,10 @@ sys.path.insert(0, str(REPO / "src"))
 from hlm12erc.config import TEXT_ENCODERS, ObjectiveConfig, Params, load_params, params_from_dict  # noqa: E402
 from hlm12erc.data import context, meld  # noqa: E402
 from hlm12erc.features.store import FeatureSet  # noqa: E402
-from hlm12erc.models.erc import ErcModel  # noqa: E402
-from hlm12erc.training import trainer  # noqa: E402
-from hlm12erc.training.metrics import bootstrap_weighted_f1, compute_metrics  # noqa: E402
+from hlm12erc.metrics import bootstrap_weighted_f1, compute_metrics  # noqa: E402
+from hlm12erc.models.erc import ErcModel, mean_probabilities, predict_proba, softmax, text_views  # noqa: E402
+from hlm12erc.runtime import select_device  # noqa: E402
+from hlm12erc.training.fit import dialogue_subset, fit, new_model  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "meld-text"
 MEDIA_DIMS = {"audio": 16, "visual": 16}  # absent in every row: the width only sizes a masked projection
@@ -74,7 +75,7 @@ def load_splits(data: Path, quick: bool) -> tuple[pd.DataFrame, pd.DataFrame, pd
     valid["split"] = "valid"
     dev = meld.to_table(meld.read_meld_csv(dev_csv), "test", "dev")
     if quick:
-        train, valid, dev = (trainer._subset(t, n, 0).reset_index(drop=True)
+        train, valid, dev = (dialogue_subset(t, n, 0).reset_index(drop=True)
                              for t, n in ((train, 400), (valid, 150), (dev, 200)))
     return train, valid, dev
 
@@ -105,7 +106,7 @@ def row(name: str, seed: int, dev: pd.DataFrame, probs: np.ndarray, labels: list
 
 def encoders_for(seed: int, params: Params, train: pd.DataFrame, valid: pd.DataFrame,
                  out: Path) -> tuple[ErcModel, float]:
-    """The seed's encoders (all ``folds`` of one member), fitted once and cached in ``out``."""
+    """The seed's encoder (one member), fitted once and cached in ``out``."""
     folder, record = out / "text_encoder", out / "text_encoder.json"
     settings = {k: v for k, v in asdict(params.text_encoder).items() if k != "eval_batch_size"}
     if (folder / "config.json").exists() and record.exists():
@@ -116,14 +117,14 @@ def encoders_for(seed: int, params: Params, train: pd.DataFrame, valid: pd.DataF
                              f"({', '.join(changed)}); pass another --out for these settings")
         return ErcModel.load(folder), saved["train_minutes"]
     out.mkdir(parents=True, exist_ok=True)
-    model = trainer.new_model(TEXT_ENCODERS, params)
+    model = new_model(TEXT_ENCODERS, params)
     started = time.perf_counter()
 
     def on_epoch(r: dict) -> None:
         log(f"seed {seed} {r['part']} epoch {r['epoch']}: train loss {r['train_loss']:.4f}, valid weighted-F1 "
             f"{r['valid_weighted_f1']:.4f} (macro {r['valid_macro_f1']:.4f})")
 
-    model.fit(train, valid, None, None, params, on_epoch=on_epoch)
+    fit(model, train, valid, None, None, params, on_epoch=on_epoch)
     minutes = (time.perf_counter() - started) / 60
     history = model.info.pop("history")
     model.save(folder)
@@ -134,7 +135,7 @@ def encoders_for(seed: int, params: Params, train: pd.DataFrame, valid: pd.DataF
 
 
 class TextViews:
-    """``trainer.text_views`` of the seed's ensemble for any context windows, each (member, table, window)
+    """``text_views`` of the seed's ensemble for any context windows, each (member, table, window)
     computed once and cached in that member's seed folder; assembled encoder-major like the library's."""
 
     def __init__(self, members: list[ErcModel], folders: list[Path], tables: dict[str, pd.DataFrame]):
@@ -147,28 +148,27 @@ class TextViews:
         path = self.folders[k] / f"views_{name}{suffix}.npz"
         if not path.exists():
             reader = ErcModel(replace(model.config, encoder=replace(cfg, past_turns=window[0], future_turns=window[1]),
-                                      windows=[]), model.encoders, model.tokenizer, model.encoder_dialogues)
-            logits, pooled, allowed = trainer.text_views(reader, self.tables[name], 64, trainer.select_device("auto"))
-            np.savez(path, logits=np.stack(logits), pooled=np.stack(pooled), allowed=allowed)
+                                      windows=[]), model.encoders, model.tokenizer)
+            logits, pooled = text_views(reader, self.tables[name], 64, select_device("auto"))
+            np.savez(path, logits=np.stack(logits), pooled=np.stack(pooled))
         saved = np.load(path)
-        return list(saved["logits"]), list(saved["pooled"]), saved["allowed"]
+        return list(saved["logits"]), list(saved["pooled"])
 
     def get(self, name: str, windows: list[tuple[int, int]]) -> tuple:
         """The views of table ``name`` through every encoder, each reading ``windows`` (encoder-major)."""
-        logits, pooled, allowed = [], [], []
+        logits, pooled = [], []
         for k in range(len(self.members)):
             per_window = [self._member(k, name, w) for w in windows]
             for e in range(len(per_window[0][0])):
-                for lg, pl, al in per_window:
+                for lg, pl in per_window:
                     logits.append(lg[e])
                     pooled.append(pl[e])
-                    allowed.append(al[e])
-        return logits, pooled, np.stack(allowed)
+        return logits, pooled
 
     def probs(self, name: str, windows: list[tuple[int, int]]) -> np.ndarray:
-        """``text_finetune``'s probabilities on table ``name``: every view's softmax, averaged where allowed."""
-        logits, _pooled, allowed = self.get(name, windows)
-        return trainer._average([trainer._softmax(lg) for lg in logits], allowed)
+        """``text_finetune``'s probabilities on table ``name``: every view's softmax, averaged."""
+        logits, _pooled = self.get(name, windows)
+        return mean_probabilities([softmax(lg) for lg in logits])
 
     def for_model(self, model: ErcModel) -> dict[str, tuple]:
         """What ``model.fit`` and prediction would read: train through the training window alone."""
@@ -179,15 +179,12 @@ class TextViews:
 
 def ensemble_for(seed: int, params: Params, tables: dict[str, pd.DataFrame],
                  root: Path) -> tuple[ErcModel, TextViews, float]:
-    """The seed's ``members`` x ``folds`` encoders and their text views on ``tables``.
+    """The seed's ``members`` encoders and their text views on ``tables``.
 
-    Member k of seed s is exactly what one member of seed s + k trains (``trainer.fit_encoders``
+    Member k of seed s is exactly what one member of seed s + k trains (``fit_encoders``
     seeds encoder k with s + k), so each member is fitted and cached once in ``root/seed<s+k>/``
     and shared by every seed and ``members`` setting that uses it."""
     enc = params.text_encoder
-    if enc.members > 1 and enc.folds > 1:
-        raise SystemExit("error: the benchmark caches one member per seed folder; set text_encoder.members=1 "
-                         "when text_encoder.folds > 1")
     single = replace(params, text_encoder=replace(enc, members=1))
     members, minutes = [], 0.0
     for k in range(enc.members):
@@ -200,7 +197,7 @@ def ensemble_for(seed: int, params: Params, tables: dict[str, pd.DataFrame],
     reports = [m.info[f"encoder{j}"] for m in members for j in range(m.config.n_encoders)]
     info = {f"encoder{i}": report for i, report in enumerate(reports)}
     model = ErcModel(replace(first.config, members=enc.members), [e for m in members for e in m.encoders],
-                     first.tokenizer, [d for m in members for d in m.encoder_dialogues], info=info)
+                     first.tokenizer, info=info)
     return model, TextViews(members, [root / f"seed{seed + k}" for k in range(enc.members)], tables), minutes
 
 
@@ -226,18 +223,18 @@ def run_seed(seed: int, params: Params, train: pd.DataFrame, valid: pd.DataFrame
              root: Path, only: list[str] | None) -> list[dict]:
     params = replace(params, train=replace(params.train, seed=seed))
     labels = list(params.labels)
-    encoders, text_views, encoder_minutes = ensemble_for(seed, params, {"train": train, "valid": valid, "dev": dev},
+    encoders, cached_views, encoder_minutes = ensemble_for(seed, params, {"train": train, "valid": valid, "dev": dev},
                                                          root)
     log(f"seed {seed}: {encoders.config.n_encoders} encoder(s) ready ({encoder_minutes:.1f} min)")
-    windows = trainer.new_model(params.objectives["text_finetune"], params).config.reading_windows
+    windows = new_model(params.objectives["text_finetune"], params).config.reading_windows
 
     readings = [(f"text_finetune ({encoders.config.n_encoders} encoder(s), {len(windows)} window(s))", windows)]
     if len(windows) > 1:
         readings.append(("  ablation: text_finetune, the training window alone", windows[:1]))
     rows = []
     for name, read in readings:
-        rows.append(row(name, seed, dev, text_views.probs("dev", read), labels, encoder_minutes,
-                        metrics_of(valid, text_views.probs("valid", read), labels)["weighted_f1"]))
+        rows.append(row(name, seed, dev, cached_views.probs("dev", read), labels, encoder_minutes,
+                        metrics_of(valid, cached_views.probs("valid", read), labels)["weighted_f1"]))
         log(f"seed {seed}: {name.strip()}: dev weighted-F1 {rows[-1]['weighted_f1']:.4f}; "
             f"valid {rows[-1]['valid_weighted_f1']:.4f}")
     features = {name: absent_media(t) for name, t in (("train", train), ("valid", valid), ("dev", dev))}
@@ -245,12 +242,12 @@ def run_seed(seed: int, params: Params, train: pd.DataFrame, valid: pd.DataFrame
         if only and not any(key in name for key in only):
             continue
         started = time.perf_counter()
-        model = trainer.new_model(objective, params, {"text": 1, **MEDIA_DIMS})
-        views = text_views.for_model(model)
-        model.fit(train, valid, features["train"], features["valid"], params, encoders_from=encoders,
-                  progress=False, views={"train": views["train"], "valid": views["valid"]})
+        model = new_model(objective, params, {"text": 1, **MEDIA_DIMS})
+        views = cached_views.for_model(model)
+        fit(model, train, valid, features["train"], features["valid"], params, encoders_from=encoders,
+            progress=False, views={"train": views["train"], "valid": views["valid"]})
         head_minutes = (time.perf_counter() - started) / 60
-        probs = dev_probs(model, dev, features["dev"], views["dev"])
+        probs = predict_proba(model, dev, features["dev"], 256, views=views["dev"])
         rows.append(row(name, seed, dev, probs, labels, encoder_minutes + head_minutes,
                         model.info["best_valid_weighted_f1"]))
         log(f"seed {seed}: {name}: dev weighted-F1 {rows[-1]['weighted_f1']:.4f} (macro {rows[-1]['macro_f1']:.4f}); "
@@ -258,16 +255,6 @@ def run_seed(seed: int, params: Params, train: pd.DataFrame, valid: pd.DataFrame
             f"head {head_minutes:.1f} min")
     return rows
 
-
-def dev_probs(model: ErcModel, dev: pd.DataFrame, features: FeatureSet, views: tuple) -> np.ndarray:
-    """``model.predict_proba`` on dev, with the cached text vectors (the same arithmetic as the library's path)."""
-    logits, pooled, allowed = views
-    arrays, mask = trainer._feature_arrays(model, dev, features)
-    base = trainer.head_inputs(dev, arrays, mask, model.config.head)
-    device = trainer.select_device("auto")
-    probs = [trainer._softmax(trainer.head_logits(model.head.to(device), base.with_text(p, lg), 256, device))
-             for p, lg in zip(pooled, logits)]
-    return trainer._average(probs, allowed)
 
 
 def intervals(rows: list[dict], dev: pd.DataFrame, labels: list[str], resamples: int = 1000) -> dict[str, tuple]:

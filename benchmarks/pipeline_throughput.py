@@ -184,7 +184,7 @@ def child_predict(spec: dict) -> dict:
 
     from hlm12erc.config import PARAMS_FILE, ExtractParams, TrainParams, load_params
     from hlm12erc.predict import Predictor
-    from hlm12erc.training.trainer import select_device
+    from hlm12erc.runtime import select_device
 
     child_setup(spec)
     params_path = spec["params"] or (PARAMS_FILE if Path(PARAMS_FILE).is_file() else None)

@@ -51,18 +51,19 @@ def worker(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
     from hlm12erc.config import ObjectiveConfig, load_params
-    from hlm12erc.training import trainer
+    from hlm12erc.runtime import select_device
+    from hlm12erc.training.fit import dialogue_subset, fit_encoders, new_model
 
     params = load_params(REPO / "params.yaml")
-    params = replace(params, text_encoder=replace(params.text_encoder, folds=1, epochs=1, min_steps=0, patience=1,
+    params = replace(params, text_encoder=replace(params.text_encoder, epochs=1, min_steps=0, patience=1,
                                                   max_train_rows=args.rows),
                      train=replace(params.train, seed=42, device=args.device))
     table = load_train(Path(args.data), params.labels)
-    valid = trainer._subset(table, VALID_ROWS, seed=1)
+    valid = dialogue_subset(table, VALID_ROWS, seed=1)
     train = table.drop(valid.index)
-    model = trainer.new_model(ObjectiveConfig(name="text_finetune", text="finetuned", fusion="none"), params)
-    device = trainer.select_device(args.device)
-    history = trainer.fit_encoders(model, train, valid, params, device, progress=False)
+    model = new_model(ObjectiveConfig(name="text_finetune", text="finetuned", fusion="none"), params)
+    device = select_device(args.device)
+    history = fit_encoders(model, train, valid, params, device, progress=False)
     rank = int(os.environ.get("RANK", "0"))
     record = {"rank": rank, "nproc": int(os.environ.get("WORLD_SIZE", "1")), "rows": model.info["encoder0"]["n_train"],
               "epoch_seconds": model.timings["encoder0_epoch_seconds"], "device": str(device),

@@ -21,32 +21,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="test")
     parser.add_argument("--metrics", required=True, help="metrics JSON to write, e.g. metrics/NAME.json")
     parser.add_argument("--plots", required=True, help="plots folder, e.g. plots/NAME")
-    parser.add_argument("--register", default=None, metavar="NAME",
-                        help="also log the model as an MLflow pyfunc model and register it as NAME with its "
-                             "metrics (off by default; the headline stage registers the headline model)")
     args = parser.parse_args(argv)
     try:
-        from hlm12erc.training.stages import evaluate_stage
+        from hlm12erc.evaluation import evaluate_stage
 
         params = load_params(args.params)
         metrics, report = evaluate_stage(params, args.model, args.tables, args.features,
                                          args.split, args.metrics, args.plots)
-        if args.register:
-            from mlflow.exceptions import MlflowException
-
-            from hlm12erc.pyfunc import log_pyfunc_model
-
-            try:
-                info = log_pyfunc_model(args.model, metrics, registered_name=args.register, extract=params.extract)
-            except MlflowException as error:
-                message = str(error.message).strip()
-                reason = message.splitlines()[0] if message else type(error).__name__
-                print(f"evaluate: metrics are in {args.metrics}, but registering the model as '{args.register}' "
-                      f"failed: {reason}; check the MLflow store (HLM12ERC_MLFLOW_URI or ./mlflow.db) and rerun "
-                      "this stage", file=sys.stderr)
-                return 2
-            print(f"registered {args.register} version {info.registered_model_version} "
-                  f"(models:/{args.register}/{info.registered_model_version})")
     except (ConfigError, DataError, FileNotFoundError, ImportError, ValueError) as error:
         print(f"evaluate: {error}", file=sys.stderr)
         return 2

@@ -1,12 +1,12 @@
 """Stage headline: the model that params.yaml's `model` names, as models/headline + metrics/headline.json.
 
     python pipeline/headline.py --params params.yaml --model models/final --metrics metrics/final.json \
-        --out models/headline --metrics-out metrics/headline.json [--register hlm12erc]
+        --out models/headline --metrics-out metrics/headline.json
 
 No training and no evaluation: `train@<model>` and `evaluate@<model>` already did both, so this
 copies their outputs (byte for byte) under the stable headline names that `hlm12erc predict`,
-`hlm12erc register` and `dvc metrics diff` use, and with --register puts the model into the
-MLflow registry once. `model` is checked first and the outputs are replaced only at the end
+`hlm12erc register` (which puts it into the MLflow registry) and `dvc metrics diff` use. `model`
+is checked first and the outputs are replaced only at the end
 (they are `persist: true` in dvc.yaml, so DVC does not delete them before this runs): a bad
 name fails in one line and leaves the previous headline in place.
 """
@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from hlm12erc.config import ConfigError, load_params
+from hlm12erc.metrics import read_metrics
 
 
 def replace_folder(source: Path, dest: Path) -> None:
@@ -41,8 +42,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics", required=True, help="its evaluation, metrics/<model>.json")
     parser.add_argument("--out", default="models/headline")
     parser.add_argument("--metrics-out", default="metrics/headline.json")
-    parser.add_argument("--register", default=None, metavar="NAME",
-                        help="also register the model in the MLflow registry as NAME (once per model files)")
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params)  # an unknown `model` fails here, listing the known names
@@ -53,8 +52,6 @@ def main(argv: list[str] | None = None) -> int:
                               "dvc.yaml passes models/${model}")
         if not (model / "config.json").is_file():
             raise FileNotFoundError(f"{model}/config.json not found; train it first (`dvc repro train@{params.model}`)")
-        from hlm12erc.cli import read_metrics
-
         metrics = read_metrics(metrics_path)
         if metrics.get("objective") not in (None, params.model):
             raise ConfigError(f"{metrics_path} scores objective '{metrics['objective']}', not {params.model}; "
@@ -70,21 +67,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"headline = {params.model}: {model} -> {out}, {metrics_path} -> {metrics_out} "
           f"(test weighted-F1 {metrics['weighted_f1']:.4f})")
-    if args.register:
-        from mlflow.exceptions import MlflowException
-
-        from hlm12erc.pyfunc import register_model
-
-        try:
-            version, created = register_model(out, metrics, args.register, params.extract)
-        except (MlflowException, ValueError, OSError) as error:
-            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            print(f"headline: {out} is in place, but registering it as '{args.register}' failed: {reason}; check "
-                  "the MLflow store (HLM12ERC_MLFLOW_URI, else mlflow.db in the repo) and rerun "
-                  "`hlm12erc register`", file=sys.stderr)
-            return 2
-        state = "registered as" if created else "already is"
-        print(f"{out} {state} {args.register} version {version} (models:/{args.register}/{version})")
     return 0
 
 

@@ -54,13 +54,13 @@ DDP_VALID = dict(n_dialogues=2, turns=7, split="valid", seed=12)
 
 
 def ddp_encoder_config(model_dir: str):
-    from hlm12erc.models.erc import EncoderConfig
+    from hlm12erc.models.text_encoder import EncoderConfig
 
-    return EncoderConfig(model_path=model_dir, max_tokens=48, past_turns=2, future_turns=1, dropout=0.0)
+    return EncoderConfig(encoder=model_dir, max_tokens=48, past_turns=2, future_turns=1, dropout=0.0)
 
 
 def ddp_settings():
-    from hlm12erc.training.trainer import LoopSettings
+    from hlm12erc.training.loop import LoopSettings
 
     return LoopSettings(epochs=2, batch_size=8, lr=3e-3, head_lr=1e-2, patience=5, seed=5, schedule="linear",
                         warmup_ratio=0.2, max_grad_norm=1.0)
@@ -70,10 +70,12 @@ def main() -> None:
     import torch
 
     from hlm12erc.data import context
-    from hlm12erc.models.erc import build_text_encoder, load_tokenizer
     from hlm12erc.models.losses import Criterion, LossConfig
+    from hlm12erc.models.text_encoder import build_text_encoder, load_tokenizer
+    from hlm12erc.runtime import seed_everything
     from hlm12erc.training import distributed
-    from hlm12erc.training.trainer import EncoderTask, label_ids, seed_everything, train_loop
+    from hlm12erc.training.loop import train_loop
+    from hlm12erc.training.tasks import EncoderTask, label_ids
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
@@ -93,7 +95,7 @@ def main() -> None:
         encoder = build_text_encoder(cfg, len(LABELS))
         rank = dist.rank
         torch.save({k: v.clone() for k, v in encoder.state_dict().items()}, out / f"initial{rank}.pt")
-        task = EncoderTask(encoder, [pairs[0]], y, pairs[1], valid_y, tokenizer.pad_token_id, 16, device)
+        task = EncoderTask(encoder, pairs[0], y, pairs[1], valid_y, tokenizer.pad_token_id, 16, device)
         criterion = Criterion(LossConfig(loss="weighted_ce", class_weight_power=0.5, label_smoothing=0.1), y,
                               len(LABELS))
         result = train_loop(task, ddp_settings(), criterion, LABELS, device, dist, "encoder0",

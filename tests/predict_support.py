@@ -19,15 +19,15 @@ CONVERSATION = [
 
 
 def tiny_text_encoder_params(params, folder: Path):
-    """params with a tiny random BERT (saved under ``folder``) as the fine-tuned text encoders: two cross-fitted
-    folds of one member (the averaged path), one quick epoch each."""
+    """params with a tiny random BERT (saved under ``folder``) as the fine-tuned text encoders: a seed ensemble
+    of two members (the averaged path), one quick epoch each."""
     from finetune_support import save_tiny_bert
-    from hlm12erc.models.erc import default_model_path, load_tokenizer
+    from hlm12erc.models.text_encoder import encoder_path, load_tokenizer
 
     tiny = folder / "tiny_bert"
     if not (tiny / "config.json").is_file():
-        save_tiny_bert(tiny, load_tokenizer(default_model_path()))
-    encoder = dataclasses.replace(params.text_encoder, model_path=str(tiny), folds=2, members=1, epochs=1,
+        save_tiny_bert(tiny, load_tokenizer(encoder_path("minilm")))
+    encoder = dataclasses.replace(params.text_encoder, encoder=str(tiny), members=2, epochs=1,
                                   min_steps=0, max_tokens=32, batch_size=8, eval_batch_size=32)
     return dataclasses.replace(params, text_encoder=encoder)
 
@@ -38,7 +38,7 @@ def train_tiny_model(out_dir: Path, features_dir: Path, tables_dir: Path, object
     saved like the train stage saves it; ``text: finetuned`` objectives get tiny-BERT encoders."""
     from hlm12erc.data.meld import load_table
     from hlm12erc.features.store import FeatureSet
-    from hlm12erc.training.trainer import new_model
+    from hlm12erc.training.fit import fit, new_model
 
     params = load_params(PARAMS_FILE)
     config = dataclasses.replace(params.objective(objective), epochs=epochs, **overrides)
@@ -48,7 +48,7 @@ def train_tiny_model(out_dir: Path, features_dir: Path, tables_dir: Path, object
     train_set, valid_set = FeatureSet.load(features_dir / "train"), FeatureSet.load(features_dir / "valid")
     train, valid = (load_table(Path(tables_dir) / f"{s}.csv", params.labels) for s in ("train", "valid"))
     model = new_model(config, params, train_set.dims)
-    model.fit(train, valid, train_set, valid_set, params, progress=False)
+    fit(model, train, valid, train_set, valid_set, params, progress=False)
     model.info.pop("history")
     model.save(out_dir)
     return Path(out_dir)

@@ -3,14 +3,12 @@
 import json
 
 import pytest
-import torch
 import yaml
 
 from conftest import ERC_LABELS
 from hlm12erc.config import ConfigError, Params, TrainParams, load_params
-from hlm12erc.modelling import ERCConfigLoader, ERCModel
 from hlm12erc.models.erc import ErcModel
-from hlm12erc.training import ERCDataCollator, ERCEvaluator, ERCMetricCalculator, ERCTrainer, MeldDataset
+from hlm12erc.notebook import ERCConfigLoader, ERCEvaluator, ERCMetricCalculator, ERCModel, ERCTrainer, MeldDataset
 
 
 def test_config_loader_reads_params_or_a_single_objective(tmp_path):
@@ -40,7 +38,7 @@ def test_notebook_flow_train_save_evaluate(erc_tables, tmp_path, capsys):
     assert 1 <= len(info["history"]) <= 4
     assert train.features(params.features) is train.features(params.features)  # featurized once per dataset
     saved = json.loads((tmp_path / "model" / "config.json").read_text())
-    assert saved["format"] == 2 and saved["objective"]["epochs"] == 4 and saved["objective"]["name"] == "fusion"
+    assert saved["format"] == 3 and saved["objective"]["epochs"] == 4 and saved["objective"]["name"] == "fusion"
 
     metrics = ERCEvaluator(model).evaluate(dataset=test, batch_size=5, device="cpu")
     assert "weighted avg" in capsys.readouterr().out
@@ -51,13 +49,12 @@ def test_notebook_flow_train_save_evaluate(erc_tables, tmp_path, capsys):
     assert ERCEvaluator(loaded).evaluate(dataset=test, batch_size=64) == metrics
 
 
-def test_collator_and_metric_calculator(erc_tables):
+def test_dataset_features_and_metric_calculator(erc_tables):
     dataset = MeldDataset(erc_tables / "sample.csv")
     features = dataset.features()
-    batch = ERCDataCollator(["audio", "visual"], ERC_LABELS)([features[i] for i in range(5)])
-    assert batch.features["audio"].shape == (5, features.dims["audio"]) and set(batch.features) == {"audio", "visual"}
-    assert batch.mask.shape == (5, 2) and batch.mask.dtype == torch.bool
-    assert batch.mask[2, 0].item() is False and batch.mask[4, 1].item() is False  # no audio / no frames rows
-    assert batch.targets.tolist() == [ERC_LABELS.index(label) for label in dataset.df["label"][:5]]
+    assert features.arrays["audio"].shape == (len(dataset), features.dims["audio"])
+    item = features[2]
+    assert set(item) >= {"audio", "visual", "mask", "label"} and item["label"] == dataset.df["label"][2]
+    assert not features.mask[2, 1] and not features.mask[4, 2]  # no audio / no frames rows (text, audio, visual)
     scores = ERCMetricCalculator(ERC_LABELS)(["joy", "anger"], ["joy", "joy"])
     assert scores["accuracy"] == 0.5 and scores["per_class"]["anger"]["recall"] == 0.0

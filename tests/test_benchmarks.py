@@ -24,7 +24,7 @@ def tiny_model(out_dir: Path) -> Path:
     from hlm12erc.config import PARAMS_FILE, load_params
     from hlm12erc.features.audio import build_audio_encoder
     from hlm12erc.features.visual import build_face_encoder, build_frame_encoder
-    from hlm12erc.training.trainer import new_model
+    from hlm12erc.training.fit import fit, new_model
 
     params = load_params(PARAMS_FILE)
     visual = params.features.visual
@@ -41,7 +41,7 @@ def tiny_model(out_dir: Path) -> Path:
         return frame
 
     model = new_model(objective, params, dims)
-    model.fit(table(train_set), table(valid_set), train_set, valid_set, params, progress=False)
+    fit(model, table(train_set), table(valid_set), train_set, valid_set, params, progress=False)
     return model.save(out_dir)
 
 
@@ -147,9 +147,9 @@ def test_meld_benchmark_refuses_encoders_cached_with_other_params(tmp_path):
     (tmp_path / "text_encoder").mkdir()
     (tmp_path / "text_encoder" / "config.json").write_text("{}")
     saved = {k: v for k, v in dataclasses.asdict(params.text_encoder).items() if k != "eval_batch_size"}
-    saved.update(epochs=params.text_encoder.epochs + 1, train_windows=[[2, 1]])
+    saved.update(epochs=params.text_encoder.epochs + 1, max_tokens=params.text_encoder.max_tokens + 1)
     (tmp_path / "text_encoder.json").write_text(json.dumps({"train_minutes": 1.0, "text_encoder": saved}))
-    with pytest.raises(SystemExit, match=r"other text_encoder params \(epochs, train_windows\); pass another --out"):
+    with pytest.raises(SystemExit, match=r"other text_encoder params \(epochs, max_tokens\); pass another --out"):
         meld_erc.encoders_for(42, params, None, None, tmp_path)
 
 

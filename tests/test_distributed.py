@@ -24,7 +24,7 @@ import yaml
 torch = pytest.importorskip("torch")
 from finetune_support import save_tiny_bert  # noqa: E402
 from hlm12erc.config import PARAMS_FILE, PROJECT_ROOT  # noqa: E402
-from hlm12erc.models.erc import default_model_path, load_tokenizer  # noqa: E402
+from hlm12erc.models.text_encoder import encoder_path, load_tokenizer  # noqa: E402
 from hlm12erc.training import distributed  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
@@ -34,7 +34,7 @@ ENV = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> str:
-    tokenizer = load_tokenizer(default_model_path())
+    tokenizer = load_tokenizer(encoder_path("minilm"))
     return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), tokenizer, dropout=0.0)
 
 
@@ -127,8 +127,8 @@ def test_train_nproc_makes_the_stage_launch_torchrun(tiny_model_dir, erc_tables,
 
     raw = yaml.safe_load(PARAMS_FILE.read_text())
     raw["train"].update(nproc=2, device="cpu")
-    raw["text_encoder"].update(model_path=tiny_model_dir, epochs=2, min_steps=0, max_tokens=32, batch_size=8,
-                               folds=2, members=1)
+    raw["text_encoder"].update(encoder=tiny_model_dir, epochs=2, min_steps=0, max_tokens=32, batch_size=8,
+                               members=2)
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -142,7 +142,7 @@ def test_train_nproc_makes_the_stage_launch_torchrun(tiny_model_dir, erc_tables,
     assert "launching: torchrun --standalone --nproc_per_node=2" in result.stdout
     assert result.stdout.count("train text_encoder: best valid weighted-F1") == 1  # rank 0 reports
     config = json.loads((model / "config.json").read_text())
-    assert config["format"] == 2 and config["model"]["folds"] == 2
+    assert config["format"] == 3 and config["model"]["members"] == 2
     assert sorted(p.name for p in model.glob("encoder_*.pt")) == ["encoder_0.pt", "encoder_1.pt"]
     history = pd.read_csv(plots / "history.csv")
     assert history["part"].tolist() == ["encoder0", "encoder0", "encoder1", "encoder1"]

@@ -20,7 +20,7 @@ from scipy.signal import lfilter
 from hlm12erc.config import AudioFeatureParams, FeatureParams, VisualFeatureParams, params_from_dict
 from hlm12erc.features import weights
 from hlm12erc.features.audio import audio_features, build_audio_encoder
-from hlm12erc.features.faces import FER_CLASSES, FaceDetector, FerEncoder, largest_face
+from hlm12erc.features.faces import FER_CLASSES, FaceDetector, FerEncoder, crop_face
 from hlm12erc.features.scene import SceneEncoder
 from hlm12erc.features.visual import visual_features
 from hlm12erc.features.whisper import WhisperAudioEncoder
@@ -82,7 +82,7 @@ def test_photograph_gives_one_face_and_seven_probabilities(photo):
         assert len(boxes) == 1, (kind, boxes)
         x0, y0, x1, y1 = boxes[0]
         assert 120 <= x1 - x0 <= 280 and 150 <= (y0 + y1) / 2 <= 300  # the face, not the uniform
-        encoded = fer([largest_face(photo, FaceDetector(kind))])[0]
+        encoded = fer([crop_face(photo, boxes[0])])[0]
         probabilities = encoded[:len(FER_CLASSES)]
         assert encoded.shape == (7 + 128,) and (probabilities >= 0).all()
         assert probabilities.sum() == pytest.approx(1.0, abs=1e-4)

@@ -72,12 +72,14 @@ def test_logmel_separates_tones_and_reads_missing_as_none(tmp_path):
     assert np.isfinite(encoder(np.zeros(50, np.float32))).all()  # tiny clip padded, no NaN
 
 
-def test_visual_falls_back_to_centre_when_no_face_and_flags_it(erc_tables):
+def test_visual_without_a_face_is_zeros_and_flagged(erc_tables):
     table = load_table(erc_tables / "valid.csv", ERC_LABELS)
-    legacy = VisualFeatureParams(encoder="stats", faces="haar", face_model="crop")
-    features, present, face_found = visual_features(table, legacy, progress=False)
+    haar = VisualFeatureParams(encoder="stats", faces="haar")
+    features, present, face_found = visual_features(table, haar, progress=False)
     assert present.sum() == len(table) - 1 and not face_found.any()  # drawn rectangles are not faces
-    assert features.shape[1] == build_frame_encoder(legacy).dim + 24 * 24
+    frame_dim = build_frame_encoder(haar).dim
+    assert features.shape[1] == frame_dim + 7 + 128 + 1
+    assert not features[:, frame_dim:].any()  # no face: the FER part and the face share are 0
     no_faces, _, _ = visual_features(table, VisualFeatureParams(encoder="stats", faces="none"), progress=False)
     assert no_faces.shape[1] == 25 + 4 * 4
 

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 
 from hlm12erc.config import ObjectiveConfig
 from hlm12erc.models.losses import (
+    Criterion,
+    LossConfig,
     batch_hard_triplet_loss,
-    build_criterion,
     class_weights,
     dice_loss,
     focal_loss,
@@ -23,7 +24,7 @@ NO_EMBEDDING = torch.zeros(4, 2)
 
 
 def test_ce_on_logits_equals_torch_and_hand_value():
-    loss = build_criterion(ObjectiveConfig(loss="ce"), [0, 1, 2], 3)(LOGITS, NO_EMBEDDING, TARGETS)
+    loss = Criterion(LossConfig.of(ObjectiveConfig(loss="ce")), [0, 1, 2], 3)(LOGITS, NO_EMBEDDING, TARGETS)
     assert torch.isclose(loss, F.cross_entropy(LOGITS, TARGETS))
     hand = np.mean([-(2 - math.log(math.exp(2) + 1 + math.exp(-1))),
                     -(1.5 - math.log(math.exp(0.5) + math.exp(1.5) + 1)),
@@ -48,7 +49,8 @@ def test_class_weights_sqrt_inverse_frequency():
 
 def test_weighted_ce_is_weighted_mean():
     train_targets = [0, 0, 0, 1, 2, 2]
-    loss = build_criterion(ObjectiveConfig(loss="weighted_ce"), train_targets, 3)(LOGITS, NO_EMBEDDING, TARGETS)
+    criterion = Criterion(LossConfig.of(ObjectiveConfig(loss="weighted_ce")), train_targets, 3)
+    loss = criterion(LOGITS, NO_EMBEDDING, TARGETS)
     weights = torch.tensor([6 / 9, 6 / 3, 6 / 6])
     per_row = F.cross_entropy(LOGITS, TARGETS, reduction="none")
     w = weights[TARGETS]
@@ -99,25 +101,25 @@ def test_batch_hard_triplet_tiny_hand_example():
 
 def test_aux_weight_adds_the_auxiliary_term():
     z = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
-    base = build_criterion(ObjectiveConfig(loss="ce"), [0, 1, 2], 3)(LOGITS, z, TARGETS)
-    with_aux = build_criterion(ObjectiveConfig(loss="ce", aux_loss="contrastive", aux_weight=0.5, temperature=1.0),
-                               [0, 1, 2], 3)(LOGITS, z, TARGETS)
+    base = Criterion(LossConfig.of(ObjectiveConfig(loss="ce")), [0, 1, 2], 3)(LOGITS, z, TARGETS)
+    contrastive = LossConfig.of(ObjectiveConfig(loss="ce", aux_loss="contrastive", aux_weight=0.5, temperature=1.0))
+    with_aux = Criterion(contrastive, [0, 1, 2], 3)(LOGITS, z, TARGETS)
     assert with_aux.item() == pytest.approx(base.item() + 0.5 * supervised_contrastive_loss(z, TARGETS, 1.0).item())
 
 
 def test_unknown_loss_names_fail_clearly():
     with pytest.raises(ValueError, match="loss='hinge'"):
-        build_criterion(ObjectiveConfig(loss="hinge"), [0], 3)
+        Criterion(LossConfig.of(ObjectiveConfig(loss="hinge")), [0], 3)
     with pytest.raises(ValueError, match="aux_loss='center'"):
-        build_criterion(ObjectiveConfig(aux_loss="center"), [0], 3)
+        Criterion(LossConfig.of(ObjectiveConfig(aux_loss="center")), [0], 3)
 
 
 def test_label_smoothing_and_class_weight_power_reach_the_loss():
     train_targets = [0, 0, 0, 1, 2, 2]
-    smoothed = build_criterion(ObjectiveConfig(loss="ce", label_smoothing=0.1), train_targets, 3)
+    smoothed = Criterion(LossConfig.of(ObjectiveConfig(loss="ce", label_smoothing=0.1)), train_targets, 3)
     assert smoothed(LOGITS, NO_EMBEDDING, TARGETS).item() == pytest.approx(
         F.cross_entropy(LOGITS, TARGETS, label_smoothing=0.1).item(), rel=1e-6)
-    sqrt = build_criterion(ObjectiveConfig(loss="weighted_ce", class_weight_power=0.5), train_targets, 3)
+    sqrt = Criterion(LossConfig.of(ObjectiveConfig(loss="weighted_ce", class_weight_power=0.5)), train_targets, 3)
     w = class_weights(train_targets, 3, 0.5)
     assert sqrt.weight.tolist() == pytest.approx(w.tolist())
     assert sqrt(LOGITS, NO_EMBEDDING, TARGETS).item() == pytest.approx(
@@ -140,7 +142,7 @@ def test_loss_denominator_matches_the_mean_the_loss_takes():
     logits, target = torch.randn(6, 3, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 1, 2, 0, 1])
     for config in (ObjectiveConfig(loss="ce", label_smoothing=0.1), ObjectiveConfig(loss="weighted_ce",
                    label_smoothing=0.1), ObjectiveConfig(loss="focal")):
-        criterion = build_criterion(config, train_targets, 3)
+        criterion = Criterion(LossConfig.of(config), train_targets, 3)
         halves = [criterion(logits[s], NO_EMBEDDING[:1], target[s]) * criterion.denominator(target[s])
                   for s in (slice(0, 2), slice(2, 6))]
         whole = criterion(logits, NO_EMBEDDING[:1], target) * criterion.denominator(target)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from hlm12erc.models.erc import DialogueInputs, FusionHead, HeadConfig
+from hlm12erc.models.fusion import DialogueInputs, FusionHead, HeadConfig
 
 DIMS = {"text": 10, "audio": 6, "visual": 4}
 LABELS = ["a", "b", "c"]

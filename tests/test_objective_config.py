@@ -45,7 +45,7 @@ def test_the_valid_combinations_pass():
 
 def test_an_unknown_dialogue_mode_fails_clearly():
     """`dialogue: sideways` is refused in one line naming the choices, before any training."""
-    from hlm12erc.training.trainer import new_model
+    from hlm12erc.training.fit import new_model
 
     try:
         params = params_from_dict(objective(dialogue="sideways"))
@@ -60,7 +60,7 @@ def test_an_unknown_dialogue_mode_fails_clearly():
 
 
 def test_an_unknown_fusion_fails_clearly():
-    from hlm12erc.training.trainer import new_model
+    from hlm12erc.training.fit import new_model
 
     with pytest.raises((ConfigError, ValueError), match=r"fusion='sum' is not known; use concat, attention"):
         new_model(ObjectiveConfig(name="x", fusion="sum"), Params(), {"text": 12, "audio": 8, "visual": 6})

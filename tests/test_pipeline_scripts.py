@@ -30,13 +30,13 @@ def script(name: str):
 @pytest.fixture(scope="module")
 def fast_params(tmp_path_factory) -> Path:
     from finetune_support import save_tiny_bert
-    from hlm12erc.models.erc import default_model_path, load_tokenizer
+    from hlm12erc.models.text_encoder import encoder_path, load_tokenizer
 
-    tiny = save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), load_tokenizer(default_model_path()))
+    tiny = save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), load_tokenizer(encoder_path("minilm")))
     raw = yaml.safe_load(PARAMS_FILE.read_text())
     raw["train"].update(epochs=3, patience=2, device="cpu")
     # the default seed ensemble (members: 2) of tiny encoders
-    raw["text_encoder"].update(model_path=tiny, epochs=1, min_steps=0, max_tokens=32, batch_size=8)
+    raw["text_encoder"].update(encoder=tiny, epochs=1, min_steps=0, max_tokens=32, batch_size=8)
     path = tmp_path_factory.mktemp("params") / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -60,14 +60,12 @@ def test_stages_end_to_end(erc_tables, fast_params, erc_mlflow_uri, tmp_path, ca
                                      "--features", str(features), "--encoders", str(encoders), "--out", str(model),
                                      "--plots", str(plots)]) == 0
         config = json.loads((model / "config.json").read_text())
-        assert config["format"] == 2 and config["objective"]["name"] == name
+        assert config["format"] == 3 and config["objective"]["name"] == name
         assert config["model"]["labels"] == ERC_LABELS and (model / "head.pt").is_file()
         # mock reads the cached 768-d frozen text features; final the 32-wide tiny encoders' vectors
         assert config["model"]["head"]["input_dims"]["text"] == (768 if name == "mock" else 32)
         assert len(list(model.glob("encoder_*.pt"))) == (0 if name == "mock" else 2)
         if name == "final":  # the text_encoder stage's encoders, not new ones
-            assert config["encoder_dialogues"] == json.loads((encoders / "config.json").read_text())[
-                "encoder_dialogues"]
             for k in (0, 1):
                 assert (model / f"encoder_{k}.pt").read_bytes() == (encoders / f"encoder_{k}.pt").read_bytes()
         history = pd.read_csv(plots / "history.csv")

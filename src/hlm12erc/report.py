@@ -13,14 +13,13 @@ from hlm12erc.config import ConfigError, Params
 REPORT_COLUMNS = ("objective", "modalities", "fusion", "loss", "accuracy", "weighted_f1", "weighted_f1_low",
                   "weighted_f1_high", "macro_f1")  # low-high: the 95 % dialogue-bootstrap interval (evaluate)
 
-
 def _describe(objective, params: Params) -> tuple[str, str, str]:
     """(modalities, fusion, loss) of an objective, as the report table shows them."""
     text = "fine-tuned text" if objective.text == "finetuned" else "text"
     modalities = "+".join(text if m == "text" else m for m in objective.modalities)
     if objective.fusion == "none":
         enc = params.text_encoder
-        return modalities, f"{enc.folds * enc.members} encoder(s)", enc.loss
+        return modalities, f"{enc.members} encoder(s)", enc.loss
     loss = objective.loss
     if objective.aux_loss != "none":
         loss = f"{loss} + {objective.aux_weight:g} {objective.aux_loss}"

@@ -80,13 +80,6 @@ def previous_turns(table: pd.DataFrame, window: int) -> list[str]:
     return contexts
 
 
-def fold_of_dialogues(ids: Sequence[str], folds: int, seed: int) -> dict[str, int]:
-    """Seeded assignment of each distinct dialogue id to one of ``folds`` folds (sizes differ by <= 1)."""
-    unique = sorted(set(ids))
-    order = np.random.default_rng(seed).permutation(len(unique))
-    return {unique[i]: int(k % folds) for k, i in enumerate(order)}
-
-
 # ----------------------------------------------------------------------------- text pairs
 def _pack_context(turns: list[list[int]], past: list[int], future: list[int], budget: int,
                   sep_id: int) -> list[int]:

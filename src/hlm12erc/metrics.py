@@ -1,12 +1,17 @@
 """Classification metrics over a fixed label list, so classes absent from a split still appear.
 
 Plain numpy on one confusion matrix (scikit-learn's definitions, ``zero_division=0``): every stage
-process scores something, and importing scikit-learn costs it about a second.
+process scores something, and importing scikit-learn costs it about a second. :func:`read_metrics`
+reads back (and checks) what the evaluate stage wrote.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -125,3 +130,31 @@ def bootstrap_weighted_f1(y: np.ndarray, predictions: Sequence[np.ndarray], grou
             _precision, _recall, f1, support = _per_class(counts)
             out[r, j] = _averages(f1, support)[0]
     return out
+
+
+SCORES = ("accuracy", "weighted_f1", "macro_f1")
+
+
+def read_metrics(path: str | os.PathLike[str]) -> dict:
+    """An evaluate stage's metrics JSON: an object with ``accuracy``, ``weighted_f1``, ``macro_f1`` in [0, 1].
+
+    Anything else (a list, ``{}``, a score missing or out of range) is one ValueError, so no model
+    is registered without its scores.
+    """
+    metrics_path = Path(path)
+    if not metrics_path.is_file():
+        raise FileNotFoundError(f"{metrics_path} not found; evaluate the model first (`dvc repro`)")
+    try:
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{metrics_path} is not a metrics JSON ({error}); re-run its evaluate stage") from None
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{metrics_path} holds a JSON {type(metrics).__name__}, not the metrics object of an "
+                         f"evaluate stage ({{\"accuracy\": ..., \"weighted_f1\": ..., \"macro_f1\": ...}}); "
+                         "pass --metrics metrics/<model>.json")
+    bad = [k for k in SCORES if isinstance(metrics.get(k), bool) or not isinstance(metrics.get(k), (int, float))
+           or not math.isfinite(metrics[k]) or not 0 <= metrics[k] <= 1]
+    if bad:
+        raise ValueError(f"{metrics_path} has no valid {', '.join(bad)} (numbers in [0, 1] expected); a model is "
+                         "registered with its scores: re-run its evaluate stage or pass the right --metrics")
+    return metrics

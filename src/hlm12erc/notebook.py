@@ -1,14 +1,15 @@
-"""The original notebook's API as thin facades over the pipeline's own code.
+"""The original notebook's API, call for call, as thin facades over the pipeline's own code.
 
     train, valid = MeldDataset("data/tables/train.csv"), MeldDataset("data/tables/valid.csv")
     config = ERCConfigLoader("params.yaml", "final").load()
     _, model = ERCTrainer(config).train(data=(train, valid), n_epochs=5, batch_size=32, save_to="models/nb")
-    model = ErcModel.load("models/nb")   # the same model back (any objective: one interface)
+    model = ERCModel.load("models/nb")   # the pipeline's ErcModel: the same model back, any objective
     metrics = ERCEvaluator(model).evaluate(dataset=MeldDataset("data/tables/test.csv"), batch_size=64)
 
-Datasets are featurized on the fly with the same frozen encoders as the featurize stage
-(cached on the dataset object per feature setting); training and evaluation are the same
-functions the train/evaluate stages call.
+``ERCConfigLoader(path).load()`` reads a params.yaml (the objective named ``name``, or the file's
+top-level ``model``) or a YAML of one objective config (named ``name`` or the file stem).
+Datasets are featurized on the fly with the featurize stage's frozen encoders (cached on the
+dataset per feature setting); training and evaluation are the functions the stages call.
 """
 
 from __future__ import annotations
@@ -16,19 +17,44 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import NamedTuple
 
-import numpy as np
 import pandas as pd
-import torch
+import yaml
 
-from hlm12erc.config import PARAMS_FILE, FeatureParams, ObjectiveConfig, Params, load_params, params_from_dict
+from hlm12erc.config import (
+    PARAMS_FILE,
+    ConfigError,
+    FeatureParams,
+    ObjectiveConfig,
+    Params,
+    load_params,
+    params_from_dict,
+)
 from hlm12erc.data.meld import load_table
 from hlm12erc.features.featurize import Featurizer
-from hlm12erc.features.store import MODALITIES, FeatureSet
+from hlm12erc.features.store import FeatureSet
+from hlm12erc.metrics import compute_metrics, report_text
 from hlm12erc.models.erc import ErcModel
-from hlm12erc.training.metrics import compute_metrics, report_text
-from hlm12erc.training.trainer import label_ids, new_model, select_device
+from hlm12erc.models.erc import ErcModel as ERCModel
+from hlm12erc.runtime import select_device
+from hlm12erc.training.fit import fit, new_model
+
+__all__ = ["ERCConfigLoader", "ERCEvaluator", "ERCMetricCalculator", "ERCModel", "ERCTrainer", "MeldDataset"]
+
+
+class ERCConfigLoader:
+    def __init__(self, path: str | Path, name: str | None = None):
+        self.path, self.name = Path(path), name
+
+    def load(self) -> ObjectiveConfig:
+        if not self.path.exists():
+            raise ConfigError(f"{self.path}: config file not found")
+        raw = yaml.safe_load(self.path.read_text(encoding="utf-8")) or {}
+        if "objectives" in raw:
+            params = params_from_dict(raw)
+            return params.objective(self.name or params.model)
+        name = self.name or self.path.stem
+        return params_from_dict({"model": name, "objectives": {name: raw}}).objectives[name]
 
 
 def _default_params() -> Params:
@@ -58,27 +84,6 @@ class MeldDataset:
         return self._features[key]
 
 
-class FeatureBatch(NamedTuple):
-    features: dict[str, torch.Tensor]  # modality -> (B, d)
-    mask: torch.Tensor  # (B, M) bool, in the collator's modality order
-    targets: torch.Tensor  # (B,) class ids
-
-
-class ERCDataCollator:
-    """Feature items (``FeatureSet[i]``) -> a :class:`FeatureBatch` of tensors."""
-
-    def __init__(self, modalities: Sequence[str], labels: Sequence[str]):
-        self.modalities, self.labels = list(modalities), list(labels)
-
-    def __call__(self, items: Sequence[dict]) -> FeatureBatch:
-        columns = [MODALITIES.index(m) for m in self.modalities]
-        features = {m: torch.as_tensor(np.stack([item[m] for item in items]), dtype=torch.float32)
-                    for m in self.modalities}
-        mask = torch.as_tensor(np.stack([np.asarray(item["mask"])[columns] for item in items]), dtype=torch.bool)
-        frame = pd.DataFrame({"label": [item["label"] for item in items]})
-        return FeatureBatch(features, mask, torch.as_tensor(label_ids(frame, self.labels, "feature items")))
-
-
 class ERCMetricCalculator:
     """accuracy, weighted/macro F1 and per-class scores over a fixed label list."""
 
@@ -93,7 +98,7 @@ class ERCMetricCalculator:
 
 
 class ERCTrainer:
-    """Trains one objective config (from :class:`~hlm12erc.modelling.ERCConfigLoader`) on MeldDatasets."""
+    """Trains one objective config (from :class:`ERCConfigLoader`) on MeldDatasets."""
 
     def __init__(self, config: ObjectiveConfig, params: Params | None = None):
         self.config = config
@@ -110,8 +115,8 @@ class ERCTrainer:
         objective = replace(self.config, epochs=n_epochs or self.config.epochs)
         train_set, valid_set = train_data.features(params.features), valid_data.features(params.features)
         model = new_model(objective, params, train_set.dims)
-        model.fit(train_data.df, valid_data.df, train_set, valid_set, params,
-                  device=select_device(params.train.device), progress=False)
+        fit(model, train_data.df, valid_data.df, train_set, valid_set, params,
+            device=select_device(params.train.device), progress=False)
         info = dict(model.info)
         model.info.pop("history", None)
         if save_to:
