@@ -8,7 +8,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test lint bench mpnet clean-outputs
+.PHONY: setup demo test test-fast lint bench mpnet clean-outputs
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,10 @@ demo: setup
 # Lint first (seconds), then the suite.
 test: setup lint
 	$(PY) -m pytest -q
+
+# The unit tests alone (under 3 minutes): no whole-pipeline, subprocess or server test (marked slow).
+test-fast: setup lint
+	$(PY) -m pytest -q -m "not slow"
 
 lint: setup
 	$(VENV)/bin/ruff check src pipeline tests benchmarks

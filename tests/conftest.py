@@ -166,3 +166,20 @@ def data_demo_media(data_demo_corpus, tmp_path_factory):
     media_dir = tmp_path_factory.mktemp("work") / "media"
     manifest, _ = media.run_extract(descriptor, media_dir, ExtractParams(jobs=2), progress=False)
     return descriptor, media_dir, manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# Text-encoder fixtures: the real MiniLM tokenizer (bundled) and a tiny random BERT that fine-tunes in seconds.
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def tokenizer():
+    from hlm12erc.models.text_encoder import encoder_path, load_tokenizer
+
+    return load_tokenizer(encoder_path("minilm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer) -> str:
+    from finetune_support import save_tiny_bert
+
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), tokenizer)

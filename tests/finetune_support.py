@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hlm12erc.config import ObjectiveConfig
+
 LABELS = ["anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"]
 
 
@@ -46,6 +48,28 @@ def save_tiny_bert(path: Path, tokenizer, dropout: float = 0.1) -> str:
     BertModel(config, add_pooling_layer=False).save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))
     return str(path)
+
+
+TEXT_FINETUNE = ObjectiveConfig(name="text_finetune", text="finetuned", fusion="none")
+
+
+def tiny_params(model_dir: str, epochs: int = 3, **overrides):
+    """Params for fast fine-tuning of the tiny BERT in ``model_dir`` (text_encoder fields in ``overrides``)."""
+    from hlm12erc.config import Params, TextEncoderParams, TrainParams
+
+    enc = dict(encoder=model_dir, max_tokens=48, past_turns=2, future_turns=1, epochs=epochs,
+               batch_size=8, lr=3e-3, head_lr=1e-2, warmup_ratio=0.0, dropout=0.0, patience=5, min_steps=0,
+               eval_batch_size=16)
+    enc.update(overrides)
+    return Params(train=TrainParams(seed=5, epochs=3, batch_size=8, lr=1e-2, patience=5, device="cpu"),
+                  labels=list(LABELS), text_encoder=TextEncoderParams(**enc))
+
+
+def fit_text(params, train, valid, **kwargs):
+    """The ``text_finetune`` model fitted on ``train``, selected on ``valid``."""
+    from hlm12erc.training.fit import fit, new_model
+
+    return fit(new_model(TEXT_FINETUNE, params), train, valid, None, None, params, progress=False, **kwargs)
 
 
 # 33 rows in batches of 8: a short last batch of one row, so rank 1 of 2 gets an empty share

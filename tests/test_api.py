@@ -10,6 +10,8 @@ from hlm12erc.config import ConfigError, Params, TrainParams, load_params
 from hlm12erc.models.erc import ErcModel
 from hlm12erc.notebook import ERCConfigLoader, ERCEvaluator, ERCMetricCalculator, ERCModel, ERCTrainer, MeldDataset
 
+pytestmark = pytest.mark.slow  # minutes: whole stages, subprocesses or servers (`make test-fast` skips them)
+
 
 def test_config_loader_reads_params_or_a_single_objective(tmp_path):
     assert ERCConfigLoader("params.yaml", "multimodal").load().fusion == "attention"

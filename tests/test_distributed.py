@@ -27,6 +27,8 @@ from hlm12erc.config import PARAMS_FILE, PROJECT_ROOT  # noqa: E402
 from hlm12erc.models.text_encoder import encoder_path, load_tokenizer  # noqa: E402
 from hlm12erc.training import distributed  # noqa: E402
 
+pytestmark = pytest.mark.slow  # minutes: whole stages, subprocesses or servers (`make test-fast` skips them)
+
 TESTS = Path(__file__).resolve().parent
 ENV = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
                     "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}

@@ -17,6 +17,8 @@ import yaml
 from conftest import ERC_LABELS
 from hlm12erc.config import PARAMS_FILE, PROJECT_ROOT
 
+pytestmark = pytest.mark.slow  # minutes: whole stages, subprocesses or servers (`make test-fast` skips them)
+
 PIPELINE = PROJECT_ROOT / "pipeline"
 
 

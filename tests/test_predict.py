@@ -17,6 +17,8 @@ from hlm12erc.config import PROJECT_ROOT
 from hlm12erc.predict import PredictError, Predictor, check_conversation, read_conversation
 from predict_support import CONVERSATION, train_tiny_model, write_conversation
 
+pytestmark = pytest.mark.slow  # minutes: whole stages, subprocesses or servers (`make test-fast` skips them)
+
 P_COLUMNS = [f"p_{label}" for label in ERC_LABELS]
 
 

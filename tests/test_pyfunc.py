@@ -24,6 +24,8 @@ from hlm12erc.predict import Predictor
 from hlm12erc.pyfunc import model_fingerprint, register_model
 from predict_support import CONVERSATION, train_tiny_model
 
+pytestmark = pytest.mark.slow  # minutes: whole stages, subprocesses or servers (`make test-fast` skips them)
+
 P_COLUMNS = [f"p_{label}" for label in ERC_LABELS]
 SERVE_TIMEOUT_S = 90
 

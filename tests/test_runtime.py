@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 torch = pytest.importorskip("torch")
-from finetune_support import LABELS, make_table, save_tiny_bert  # noqa: E402
+from finetune_support import LABELS, make_table  # noqa: E402
 from hlm12erc import runtime  # noqa: E402
 from hlm12erc.config import (  # noqa: E402
     ConfigError,
@@ -23,16 +23,11 @@ from hlm12erc.config import (  # noqa: E402
     params_from_dict,  # noqa: E402
 )
 from hlm12erc.models.erc import ErcModel  # noqa: E402
-from hlm12erc.models.text_encoder import EncoderConfig, build_text_encoder, encoder_path, load_tokenizer  # noqa: E402
+from hlm12erc.models.text_encoder import EncoderConfig, build_text_encoder  # noqa: E402
 from hlm12erc.training.fit import fit, new_model  # noqa: E402
 
 CPU = torch.device("cpu")
 needs_bf16 = pytest.mark.skipif(not runtime.cpu_has_bf16(), reason="this CPU has no bf16 matmul units")
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), load_tokenizer(encoder_path("minilm")))
 
 
 def _batch():
