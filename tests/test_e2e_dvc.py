@@ -142,7 +142,7 @@ def _commit_workspace(clone: Path, message: str) -> None:
 
 @pytest.fixture(scope="module")
 def pulled_clone(demo_clone: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """README "Many experiments and a shared cache": `dvc remote add -d`, push, a fresh git clone, pull."""
+    """docs/operations.md "A shared cache": `dvc remote add -d`, push, a fresh git clone, pull."""
     root = tmp_path_factory.mktemp("remote")
     _dvc(demo_clone, "remote", "add", "-d", "storage", str(root / "remote"))
     _commit_workspace(demo_clone, "outputs and remote")
