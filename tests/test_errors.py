@@ -47,7 +47,7 @@ def _params_file(tmp_path: Path, **sections) -> Path:
 
 
 def _tabulate(tmp_path: Path, capsys, params: Path | None = None) -> tuple[int, str]:
-    code = _script("make_tables").main(["--params", str(params or ROOT / "params.yaml"), "--raw", str(tmp_path / "raw"),
+    code = _script("tabulate").main(["--params", str(params or ROOT / "params.yaml"), "--raw", str(tmp_path / "raw"),
                                         "--media", str(tmp_path / "media"), "--out", str(tmp_path / "tables")])
     return code, _one_line(capsys) if code else ""
 

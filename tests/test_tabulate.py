@@ -102,7 +102,7 @@ def test_label_outside_set_names_the_row(data_demo_corpus, tmp_path):
 def test_tabulate_cli_without_manifest(tmp_path):
     (tmp_path / "raw").mkdir()
     shutil.copy(ROOT / "params.yaml", tmp_path / "raw" / "unrelated.yaml")  # no meld.json, no manifest
-    proc = subprocess.run([sys.executable, str(ROOT / "pipeline" / "make_tables.py"),
+    proc = subprocess.run([sys.executable, str(ROOT / "pipeline" / "tabulate.py"),
                            "--params", str(ROOT / "params.yaml"),
                            "--raw", str(tmp_path / "raw"), "--media", str(tmp_path / "media"),
                            "--out", str(tmp_path / "tables")], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -1,6 +1,6 @@
 """Stage `tabulate`: descriptor + media manifest -> data/tables/{train,valid,test,sample}.csv.
 
-    python pipeline/make_tables.py --params params.yaml --raw data/raw --media data/media --out data/tables
+    python pipeline/tabulate.py --params params.yaml --raw data/raw --media data/media --out data/tables
 """
 
 from __future__ import annotations
