@@ -40,15 +40,20 @@ def die_with_parent(parent: int) -> None:
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="watch-parent").start()
 
 
+_ending = threading.Event()  # set once SIGTERM has started the cleanup
+
+
 def _exit_on_sigterm(signum: int, frame: object) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once
+    _ending.set()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM (the user's) ends it at once
     raise SystemExit(128 + signum)
 
 
 def _signal_when_orphaned(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(POLL_S)
-    os.kill(os.getpid(), signal.SIGTERM)  # the main thread runs the handler
+    if not _ending.is_set():  # PDEATHSIG may have started the cleanup already: let it finish
+        os.kill(os.getpid(), signal.SIGTERM)  # the main thread runs the handler
 
 
 def end_with_parent() -> None:
