@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import pytest
 
@@ -15,33 +16,39 @@ NOISE = ("Loading weights", "LOAD REPORT", "UNEXPECTED", "can be ignored")
 
 @contextlib.contextmanager
 def warnings_shown():
-    """transformers at its default verbosity (an earlier `hlm12erc` call in this process may have lowered it)."""
+    """transformers' warnings at their default verbosity (an earlier `hlm12erc` call in this process may
+    have lowered it), collected from its logger: its own handler writes to whichever stderr it first saw."""
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
+    messages: list[str] = []
+    collect = logging.Handler()
+    collect.emit = lambda record: messages.append(record.getMessage())
+    logging.getLogger("transformers").addHandler(collect)
     hf_logging.set_verbosity_warning()
     hf_logging.enable_progress_bar()
     try:
-        yield
+        yield messages
     finally:
+        logging.getLogger("transformers").removeHandler(collect)
         hf_logging.set_verbosity(level)
 
 
 def test_loading_minilm_prints_nothing(capfd):
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
 
     from hlm12erc.features.text import _load_minilm
 
-    with warnings_shown():
+    with warnings_shown() as messages:
         AutoModel.from_pretrained(default_model_path(), add_pooling_layer=False)  # unwrapped: the report shows
-        loud = capfd.readouterr()
-        assert "UNEXPECTED" in loud.err and "Loading weights" in loud.err
+        assert any("UNEXPECTED" in m for m in messages) and "Loading weights" in capfd.readouterr().err
+        messages.clear()
         build_text_encoder(EncoderConfig(), n_labels=7)  # the fine-tuned encoders' start
         _load_minilm.__wrapped__("cpu")  # the frozen text features (uncached: really loads)
         quiet = capfd.readouterr()
-    assert not [word for word in NOISE if word in quiet.out + quiet.err], quiet.err
-    from transformers.utils import logging as hf_logging
-
+    shown = "\n".join([quiet.out, quiet.err, *messages])
+    assert not [word for word in NOISE if word in shown], shown
     assert hf_logging.is_progress_bar_enabled()  # the block restored the bars it hid
 
 
@@ -53,11 +60,12 @@ def test_missing_weights_still_warn(tmp_path, capfd):
     model = BertModel(config, add_pooling_layer=False)
     state = {k: v for k, v in model.state_dict().items() if k != "encoder.layer.0.output.dense.weight"}
     model.save_pretrained(str(tmp_path), state_dict=state)
-    with warnings_shown():
+    capfd.readouterr()
+    with warnings_shown() as messages:
         build_text_encoder(EncoderConfig(model_path=str(tmp_path)), n_labels=7)
-        err = capfd.readouterr().err
-    assert "LOAD REPORT" in err and "MISSING" in err and "encoder.layer.0.output.dense.weight" in err
-    assert "Loading weights" not in err
+    (report,) = [m for m in messages if "LOAD REPORT" in m]
+    assert "MISSING" in report and "encoder.layer.0.output.dense.weight" in report
+    assert "Loading weights" not in capfd.readouterr().err
 
 
 def test_only_a_pooler_only_report_is_dropped():
