@@ -9,6 +9,7 @@ import argparse
 import sys
 import time
 
+from hlm12erc import workers
 from hlm12erc.config import ConfigError, load_params
 from hlm12erc.data import sources
 from hlm12erc.data.meld import DataError
@@ -36,4 +37,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    workers.end_with_parent()  # a killed dvc ends this stage too
     sys.exit(main())

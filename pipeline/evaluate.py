@@ -8,6 +8,7 @@ import sys
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+from hlm12erc import workers  # noqa: E402
 from hlm12erc.config import ConfigError, load_params  # noqa: E402
 from hlm12erc.data.meld import DataError  # noqa: E402
 
@@ -38,4 +39,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    workers.end_with_parent()  # a killed dvc ends this stage too
     sys.exit(main())

@@ -12,7 +12,7 @@ import argparse
 import sys
 import time
 
-from hlm12erc import media
+from hlm12erc import media, workers
 from hlm12erc.config import ConfigError, load_params, resolve_jobs
 from hlm12erc.data import sources
 from hlm12erc.data.meld import DataError
@@ -43,4 +43,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    workers.end_with_parent()  # a killed dvc ends this stage too
     sys.exit(main())

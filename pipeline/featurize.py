@@ -11,6 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+from hlm12erc import workers  # noqa: E402
 from hlm12erc.config import ConfigError, load_params  # noqa: E402
 from hlm12erc.data.meld import DataError  # noqa: E402
 
@@ -32,4 +33,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    workers.end_with_parent()  # a killed dvc ends this stage too
     sys.exit(main())

@@ -19,6 +19,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from hlm12erc import workers
 from hlm12erc.config import ConfigError, load_params
 from hlm12erc.metrics import read_metrics
 
@@ -71,4 +72,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    workers.end_with_parent()  # a killed dvc ends this stage too
     sys.exit(main())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hlm12erc import workers
 from hlm12erc.config import ConfigError, load_params
 
 
@@ -38,4 +39,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    workers.end_with_parent()  # a killed dvc ends this stage too
     sys.exit(main())

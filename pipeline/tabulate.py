@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hlm12erc import media
+from hlm12erc import media, workers
 from hlm12erc.config import ConfigError, load_params
 from hlm12erc.data import sources, tables
 from hlm12erc.data.meld import DataError
@@ -40,4 +40,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    workers.end_with_parent()  # a killed dvc ends this stage too
     sys.exit(main())

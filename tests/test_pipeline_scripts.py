@@ -3,9 +3,11 @@ text_finetune without --encoders) -> train -> evaluate -> report.
 
 The fine-tuned text encoders are a tiny random BERT (tests/finetune_support.save_tiny_bert), one epoch each."""
 
+import contextlib
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -226,3 +228,82 @@ def test_report_reads_metrics_written_before_the_interval_existed(tmp_path):
     assert table["weighted_f1_low"].isna().tolist() == [True, False]
     assert table.loc[1, ["weighted_f1_low", "weighted_f1_high"]].tolist() == [0.3, 0.7]
     assert "| 0.3000 | 0.7000 |" in (tmp_path / "o.md").read_text() and (tmp_path / "o.png").stat().st_size > 1000
+
+
+# What `dvc repro` does: `$SHELL -c CMD` (the shell execs the one command), waiting on it.
+DVC_LIKE_PARENT = """
+import subprocess, sys
+stage = subprocess.Popen(["/bin/bash", "--noprofile", "--norc", "-c", sys.argv[1]])
+print(stage.pid, flush=True)
+stage.wait()
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process states from /proc")
+def test_a_stage_ends_cleanly_when_dvc_is_killed(erc_tables, fast_params, tmp_path):
+    """kill -9 of the process running the stage (dvc): the stage ends within seconds, its MLflow run is
+    closed (its cleanup ran: not left RUNNING), and no model folder, whole or half, is left."""
+    import shlex
+    import sqlite3
+    import time
+
+    raw = yaml.safe_load(fast_params.read_text())
+    raw["text_encoder"].update(epochs=10_000, patience=10_000)  # still training when dvc dies
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    out, db = tmp_path / "models" / "text_encoder", tmp_path / "mlflow.db"
+    command = shlex.join([sys.executable, "pipeline/train.py", "--params", str(params), "--text-encoders",
+                          "--tables", str(erc_tables), "--out", str(out), "--plots", str(tmp_path / "plots")])
+    env = {**os.environ, "HLM12ERC_MLFLOW_URI": f"sqlite:///{db}", "PYTHONPATH": str(PROJECT_ROOT / "src")}
+    dvc = subprocess.Popen([sys.executable, "-c", DVC_LIKE_PARENT, command], cwd=PROJECT_ROOT, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    stage = int(dvc.stdout.readline())
+
+    def runs() -> list[str]:
+        try:
+            with contextlib.closing(sqlite3.connect(db)) as connection:
+                return [status for (status,) in connection.execute("SELECT status FROM runs")]
+        except sqlite3.Error:
+            return []
+
+    deadline = time.monotonic() + 120
+    while not runs() and time.monotonic() < deadline and _alive(stage):
+        time.sleep(0.2)
+    assert runs() == ["RUNNING"], "the stage never started training"
+    time.sleep(1.0)
+    os.kill(dvc.pid, signal.SIGKILL)
+    dvc.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while _alive(stage) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(stage):
+        os.kill(stage, signal.SIGKILL)
+        pytest.fail("the stage was still running 10 s after its parent was killed")
+    assert runs() == ["FAILED"]
+    assert not out.exists() and list(out.parent.glob(".text_encoder*")) == []  # nor a .part beside it
+
+
+def test_a_failed_save_leaves_the_previous_model_folder(tmp_path):
+    from hlm12erc.training.stages import save_whole
+
+    class HalfSaved:
+        def save(self, folder):
+            folder.mkdir(parents=True)
+            (folder / "encoder_0.pt").write_bytes(b"half")
+            raise SystemExit(143)  # SIGTERM mid-save
+
+    out = tmp_path / "models" / "text_encoder"
+    out.mkdir(parents=True)
+    (out / "config.json").write_text("previous")
+    with pytest.raises(SystemExit):
+        save_whole(HalfSaved(), out)
+    assert [p.name for p in out.parent.iterdir()] == ["text_encoder"]
+    assert [p.name for p in out.iterdir()] == ["config.json"] and (out / "config.json").read_text() == "previous"

@@ -58,7 +58,51 @@ def test_predict_csv_conversation_with_and_without_clip(model_dir, conversation_
     assert [r[-2:] for r in rows] == [["text+audio+visual", "ok"], ["text", "no_clip"], ["text", "no_clip"]]
     assert all(r[-10] in ERC_LABELS for r in rows)  # predicted, then 7 probabilities, used, media_status
     notes = err.strip().splitlines()
-    assert len(notes) == 1 and notes[0].startswith("note: 2 of 3 turn(s)") and "turn 2 (no_clip: used text)" in notes[0]
+    assert notes == ["note: 2 of 3 turn(s) used text only, not text+audio+visual (no_clip: no clip given): "
+                     "dialogue 0 turn 2, dialogue 0 turn 3"]
+
+
+def test_a_long_text_only_conversation_gets_one_short_note(model_dir, tmp_path, capsys):
+    """Hundreds of clipless turns: one line with the count and a few examples, not one entry per turn;
+    --verbose names every turn, and the output file's columns always do."""
+    turns = [{"dialogue": f"dev{i // 10}", "speaker": "Ross", "text": f"Line number {i}, how are you?"}
+             for i in range(240)]
+    path = tmp_path / "long.csv"
+    pd.DataFrame(turns).to_csv(path, index=False)
+    code, out, err = _run(["predict", str(path), "--model", str(model_dir), "--out", str(tmp_path / "p.csv")], capsys)
+    assert code == 0, err
+    notes = err.strip().splitlines()
+    assert len(notes) == 1 and len(notes[0]) < 300, notes
+    assert notes[0].startswith("note: 240 of 240 turn(s) used text only, not text+audio+visual (no_clip: no clip")
+    assert "dialogue dev0 turn 1, dialogue dev0 turn 2, dialogue dev0 turn 3 and 237 more" in notes[0]
+    assert "--verbose" in notes[0] and "turn 4" not in notes[0]
+    written = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)
+    assert len(written) == 240 and set(written["used"]) == {"text"} and set(written["media_status"]) == {"no_clip"}
+    code, _, err = _run(["predict", str(path), "--model", str(model_dir), "--out", str(tmp_path / "v.csv"),
+                         "--verbose"], capsys)
+    assert code == 0, err
+    (full,) = err.strip().splitlines()
+    named = full.split("): ", 1)[1].split(", ")
+    assert named == [f"dialogue dev{i // 10} turn {i % 10 + 1}" for i in range(240)]
+
+
+def test_the_note_has_one_line_per_reason():
+    from hlm12erc.predict import fallback_note
+
+    statuses = ["ok"] * 5 + ["no_clip"] * 1100 + ["corrupt"] * 4
+    result = pd.DataFrame({"dialogue": [f"dev{i // 20}" for i in range(len(statuses))],
+                           "turn": [i % 20 + 1 for i in range(len(statuses))],
+                           "used": ["text+audio+visual" if s == "ok" else "text" for s in statuses],
+                           "media_status": statuses})
+    lines = fallback_note(result, ["text", "audio", "visual"]).splitlines()
+    assert len(lines) == 2 and all(len(line) < 300 for line in lines)
+    assert lines[0].startswith("note: 1100 of 1109 turn(s) used text only, not text+audio+visual (no_clip: ")
+    assert lines[0].endswith("dialogue dev0 turn 6, dialogue dev0 turn 7, dialogue dev0 turn 8 and 1097 more")
+    assert lines[1].startswith("note: 4 of 1109 turn(s) used text only, not text+audio+visual (corrupt: clip failed")
+    assert "dialogue dev55 turn 6, dialogue dev55 turn 7, dialogue dev55 turn 8 and 1 more" in lines[1]
+    assert fallback_note(result[result["media_status"] == "ok"], ["text", "audio", "visual"]) is None
+    verbose = fallback_note(result, ["text", "audio", "visual"], verbose=True).splitlines()
+    assert len(verbose) == 2 and verbose[0].count("dialogue ") == 1100 and "more" not in verbose[0]
 
 
 def test_predict_json_conversation_matches_csv_and_writes_csv_json(model_dir, conversation_dir, tmp_path, capsys):

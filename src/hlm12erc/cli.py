@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", default=None, help="write the predictions to this .csv or .json instead")
     predict.add_argument("--params", default=None,
                          help=f"params.yaml for the extract settings of clips (default {DEFAULT_PARAMS} when present)")
+    predict.add_argument("--verbose", action="store_true",
+                         help="name every turn predicted without all of the model's modalities (by default a few "
+                              "examples per reason; the used and media_status columns always give every turn)")
     register = commands.add_parser(
         "register", help="register a trained model in the MLflow model registry (once per model)",
         description="Log a trained model folder as an MLflow pyfunc model and register it under --name with the "
@@ -111,7 +114,7 @@ def predict_command(args: argparse.Namespace) -> int:
         predictor = Predictor.load(args.model or DEFAULT_MODEL, extract, device=str(select_device(train.device)),
                                    eval_batch_size=train.eval_batch_size)
         result = predictor.predict(turns)
-    note = fallback_note(result, predictor.modalities)
+    note = fallback_note(result, predictor.modalities, verbose=args.verbose)
     if note:
         print(note, file=sys.stderr)
     if args.out:

@@ -283,16 +283,34 @@ class Predictor:
         return result
 
 
-def fallback_note(result: pd.DataFrame, modalities: list[str]) -> str | None:
-    """One line naming the turns predicted without some of the model's modalities, or None."""
+MEDIA_REASONS = {"no_clip": "no clip given", "not_used": "clip not read", "corrupt": "clip failed to decode",
+                 "missing": "clip not found", "no_audio": "clip has no audio", "no_video": "clip has no video",
+                 "too_long": "clip too long"}
+NOTE_EXAMPLES = 3
+
+
+def fallback_note(result: pd.DataFrame, modalities: list[str], verbose: bool = False) -> str | None:
+    """One line per reason (media status and modalities used) for the turns predicted without some of the
+    model's modalities, or None; ``verbose`` names every turn instead of a few examples.
+
+    A long text-only file would otherwise print one line naming each of its turns; the ``used`` and
+    ``media_status`` columns of the result keep the per-turn detail.
+    """
     full = "+".join(modalities)
     short = result[result["used"] != full]
     if short.empty:
         return None
-    turns = ", ".join(f"dialogue {d} turn {t} ({s}: used {u})" for d, t, s, u in
-                      zip(short["dialogue"], short["turn"], short["media_status"], short["used"]))
-    return (f"note: {len(short)} of {len(result)} turn(s) predicted without all of the model's modalities "
-            f"({full}): {turns}")
+    lines = []
+    for (status, used), group in short.groupby(["media_status", "used"], sort=False):
+        turns = [f"dialogue {d} turn {t}" for d, t in zip(group["dialogue"], group["turn"])]
+        shown = turns if verbose else turns[:NOTE_EXAMPLES]
+        rest = "" if len(shown) == len(turns) else f" and {len(turns) - len(shown)} more"
+        only = "none of them" if used == "none" else f"{used} only"
+        lines.append(f"note: {len(group)} of {len(result)} turn(s) used {only}, not {full} "
+                     f"({status}: {MEDIA_REASONS.get(status, status)}): {', '.join(shown)}{rest}")
+    if not verbose and len(short) > NOTE_EXAMPLES:
+        lines[-1] += "; the used and media_status columns give every turn (--verbose lists them here)"
+    return "\n".join(lines)
 
 
 def format_result(result: pd.DataFrame, width: int = 40) -> str:

@@ -1,7 +1,9 @@
-"""Process pools whose workers die with their parent (a ``kill -9`` of a stage leaves no orphans).
+"""Processes that die with their parent: a ``kill -9`` of ``dvc`` or of a stage leaves no orphans.
 
-Each worker asks Linux to send it SIGKILL when its parent dies (``PR_SET_PDEATHSIG``) and, on any
-platform, runs a daemon thread that exits the worker once its parent pid changes.
+Each pool worker asks Linux to send it SIGKILL when its parent dies (``PR_SET_PDEATHSIG``) and, on
+any platform, runs a daemon thread that exits the worker once its parent pid changes. A stage
+script calls :func:`end_with_parent` first: the same two guards, but with SIGTERM turned into
+``SystemExit``, so its ``finally`` blocks remove what it was writing before it ends.
 """
 
 from __future__ import annotations
@@ -36,6 +38,42 @@ def die_with_parent(parent: int) -> None:
     if os.getppid() != parent:  # the parent died before this worker armed the signal
         os._exit(1)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="watch-parent").start()
+
+
+_ending = threading.Event()  # set once SIGTERM has started the cleanup
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    _ending.set()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM (the user's) ends it at once
+    raise SystemExit(128 + signum)
+
+
+def _signal_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(POLL_S)
+    if not _ending.is_set():  # PDEATHSIG may have started the cleanup already: let it finish
+        os.kill(os.getpid(), signal.SIGTERM)  # the main thread runs the handler
+
+
+def end_with_parent() -> None:
+    """A stage script: exit (``SystemExit(143)``, cleanup included) on SIGTERM and when its parent dies.
+
+    ``dvc repro`` runs each stage as ``$SHELL -c CMD``; the shell execs the one command, so the
+    parent is dvc. Without this, a ``kill -9`` of dvc leaves the stage writing its outputs while the
+    user's next ``dvc repro`` starts.
+    """
+    parent = os.getppid()
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover - no prctl: the thread still watches
+            pass
+    if os.getppid() != parent:  # pragma: no cover - the parent died before the signal was armed
+        raise SystemExit(128 + signal.SIGTERM)
+    threading.Thread(target=_signal_when_orphaned, args=(parent,), daemon=True, name="watch-parent").start()
 
 
 def pool(workers: int) -> ProcessPoolExecutor:

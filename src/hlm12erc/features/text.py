@@ -39,10 +39,12 @@ def _load_minilm(device: str, name: str = "minilm") -> tuple[object, torch.nn.Mo
     from transformers import AutoModel, AutoTokenizer
 
     from hlm12erc.features.weights import text_model_path
+    from hlm12erc.quiet import quiet_transformers
 
     path = str(text_model_path(name))
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path).to(device).eval()
+    with quiet_transformers():
+        model = AutoModel.from_pretrained(path).to(device).eval()
     return tokenizer, model
 
 

@@ -88,11 +88,15 @@ def build_text_encoder(cfg: EncoderConfig, n_labels: int, architecture: dict[str
     ``architecture`` (the HF config dict) whose weights a checkpoint then fills."""
     from transformers import AutoConfig, AutoModel
 
-    if architecture is None:
-        encoder = AutoModel.from_pretrained(encoder_path(cfg.encoder), add_pooling_layer=False)
-    else:
-        raw = dict(architecture)
-        encoder = AutoModel.from_config(AutoConfig.for_model(raw.pop("model_type"), **raw), add_pooling_layer=False)
+    from hlm12erc.quiet import quiet_transformers
+
+    with quiet_transformers():  # no bar, no report of the pooler we leave out
+        if architecture is None:
+            encoder = AutoModel.from_pretrained(encoder_path(cfg.encoder), add_pooling_layer=False)
+        else:
+            raw = dict(architecture)
+            encoder = AutoModel.from_config(AutoConfig.for_model(raw.pop("model_type"), **raw),
+                                            add_pooling_layer=False)
     return TextEncoder(encoder, n_labels, cfg.pooling, cfg.dropout, cfg.precision)
 
 

@@ -5,6 +5,8 @@ Stage evaluate is :mod:`hlm12erc.evaluation`."""
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -35,7 +37,26 @@ def _features_or_none(model: ErcModel, features_dir: str | Path, tables_dir: str
 def _write_history(history: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(history, columns=list(HISTORY_COLUMNS))
-    frame.to_csv(path, index=False, float_format="%.6f")
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_csv(tmp, index=False, float_format="%.6f")
+    os.replace(tmp, path)
+
+
+def save_whole(model: ErcModel, out_dir: str | Path) -> None:
+    """``model.save`` into a sibling ``.NAME.part`` folder that then replaces ``out_dir``: a stage killed
+    mid-save leaves the previous folder (or none), never half of one."""
+    out_dir = Path(out_dir)
+    part, old = out_dir.with_name(f".{out_dir.name}.part"), out_dir.with_name(f".{out_dir.name}.old")
+    for stale in (part, old):
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        model.save(part)
+        if out_dir.exists():
+            os.replace(out_dir, old)
+        os.replace(part, out_dir)
+    finally:
+        shutil.rmtree(part, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _log_epoch(row: dict) -> None:
@@ -81,7 +102,7 @@ def train_stage(params: Params, objective: ObjectiveConfig, tables_dir: str | Pa
         best = model.info.get("best_valid_weighted_f1") or max(v["best_valid_weighted_f1"] for v in parts.values())
         if main:
             _write_history(history, Path(plots_dir) / "history.csv")
-            model.save(out_dir)
+            save_whole(model, out_dir)
             tracking.log_metrics({"best_valid_weighted_f1": best, **model.timings,
                                   **{f"{k}_best_valid_weighted_f1": v["best_valid_weighted_f1"]
                                      for k, v in parts.items()}})
