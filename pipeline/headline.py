@@ -24,18 +24,6 @@ from hlm12erc.config import ConfigError, load_params
 from hlm12erc.metrics import read_metrics
 
 
-def replace_folder(source: Path, dest: Path) -> None:
-    """``dest`` becomes a byte copy of ``source``; it is never half-written (copy aside, then swap)."""
-    tmp, old = dest.with_name(f".{dest.name}.new"), dest.with_name(f".{dest.name}.old")
-    for stale in (tmp, old):
-        shutil.rmtree(stale, ignore_errors=True)
-    shutil.copytree(source, tmp)
-    if dest.exists():
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
@@ -58,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"{metrics_path} scores objective '{metrics['objective']}', not {params.model}; "
                               f"re-run `dvc repro evaluate@{params.model}`")
         out, metrics_out = Path(args.out), Path(args.metrics_out)
-        replace_folder(model, out)
+        workers.write_aside(out, lambda folder: shutil.copytree(model, folder))
         metrics_out.parent.mkdir(parents=True, exist_ok=True)
         tmp = metrics_out.with_name(f".{metrics_out.name}.tmp")
         tmp.write_bytes(metrics_path.read_bytes())

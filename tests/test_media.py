@@ -9,11 +9,13 @@ import av
 import cv2
 import numpy as np
 import pandas as pd
+import pytest
 import soundfile as sf
 
 from hlm12erc import media
 from hlm12erc.config import ExtractParams
 from hlm12erc.data import demo
+from hlm12erc.workers import write_aside
 
 
 def _job(src, out, split="train", cid="dia0_utt0"):
@@ -145,3 +147,21 @@ def test_second_run_does_no_work_and_resumes(data_demo_corpus, tmp_path):
                                   progress=False)
     assert worked == len(first)
     assert cv2.imread(str(tmp_path / "m" / first["frames_dir"][0] / "0.png")).shape == (40, 40, 3)
+
+
+def test_a_failed_save_leaves_the_previous_model_folder(tmp_path):
+    class HalfSaved:
+        def save(self, folder):
+            folder.mkdir(parents=True)
+            (folder / "encoder_0.pt").write_bytes(b"half")
+            raise SystemExit(143)  # SIGTERM mid-save
+
+    out = tmp_path / "models" / "text_encoder"
+    out.mkdir(parents=True)
+    (out / "config.json").write_text("previous")
+    with pytest.raises(SystemExit):
+        write_aside(out, HalfSaved().save)
+    assert [p.name for p in out.parent.iterdir()] == ["text_encoder"]
+    assert [p.name for p in out.iterdir()] == ["config.json"] and (out / "config.json").read_text() == "previous"
+    write_aside(out, lambda folder: (folder.mkdir(), (folder / "config.json").write_text("new")))
+    assert [p.name for p in out.parent.iterdir()] == ["text_encoder"] and (out / "config.json").read_text() == "new"

@@ -289,21 +289,3 @@ def test_a_stage_ends_cleanly_when_dvc_is_killed(erc_tables, fast_params, tmp_pa
         pytest.fail("the stage was still running 10 s after its parent was killed")
     assert runs() == ["FAILED"]
     assert not out.exists() and list(out.parent.glob(".text_encoder*")) == []  # nor a .part beside it
-
-
-def test_a_failed_save_leaves_the_previous_model_folder(tmp_path):
-    from hlm12erc.training.stages import save_whole
-
-    class HalfSaved:
-        def save(self, folder):
-            folder.mkdir(parents=True)
-            (folder / "encoder_0.pt").write_bytes(b"half")
-            raise SystemExit(143)  # SIGTERM mid-save
-
-    out = tmp_path / "models" / "text_encoder"
-    out.mkdir(parents=True)
-    (out / "config.json").write_text("previous")
-    with pytest.raises(SystemExit):
-        save_whole(HalfSaved(), out)
-    assert [p.name for p in out.parent.iterdir()] == ["text_encoder"]
-    assert [p.name for p in out.iterdir()] == ["config.json"] and (out / "config.json").read_text() == "previous"

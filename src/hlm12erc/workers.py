@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
 POLL_S = 1.0
@@ -79,3 +82,20 @@ def end_with_parent() -> None:
 def pool(workers: int) -> ProcessPoolExecutor:
     """A ``ProcessPoolExecutor`` of ``workers`` processes that die with this one."""
     return ProcessPoolExecutor(workers, initializer=die_with_parent, initargs=(os.getpid(),))
+
+
+def write_aside(dest: str | os.PathLike[str], write: Callable[[Path], object]) -> None:
+    """``write(folder)`` into a sibling ``.NAME.part`` folder that then replaces ``dest``: a process
+    killed mid-write leaves the previous folder (or none), never half of one."""
+    dest = Path(dest)
+    part, old = dest.with_name(f".{dest.name}.part"), dest.with_name(f".{dest.name}.old")
+    for stale in (part, old):
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        write(part)
+        if dest.exists():
+            os.replace(dest, old)
+        os.replace(part, dest)
+    finally:
+        shutil.rmtree(part, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from hlm12erc import tracking
+from hlm12erc import tracking, workers
 from hlm12erc.config import ObjectiveConfig, Params
 from hlm12erc.data.meld import absent_modalities, absent_warning
 from hlm12erc.features.store import load_split
@@ -40,23 +39,6 @@ def _write_history(history: list[dict], path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     frame.to_csv(tmp, index=False, float_format="%.6f")
     os.replace(tmp, path)
-
-
-def save_whole(model: ErcModel, out_dir: str | Path) -> None:
-    """``model.save`` into a sibling ``.NAME.part`` folder that then replaces ``out_dir``: a stage killed
-    mid-save leaves the previous folder (or none), never half of one."""
-    out_dir = Path(out_dir)
-    part, old = out_dir.with_name(f".{out_dir.name}.part"), out_dir.with_name(f".{out_dir.name}.old")
-    for stale in (part, old):
-        shutil.rmtree(stale, ignore_errors=True)
-    try:
-        model.save(part)
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        os.replace(part, out_dir)
-    finally:
-        shutil.rmtree(part, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _log_epoch(row: dict) -> None:
@@ -102,7 +84,7 @@ def train_stage(params: Params, objective: ObjectiveConfig, tables_dir: str | Pa
         best = model.info.get("best_valid_weighted_f1") or max(v["best_valid_weighted_f1"] for v in parts.values())
         if main:
             _write_history(history, Path(plots_dir) / "history.csv")
-            save_whole(model, out_dir)
+            workers.write_aside(out_dir, model.save)
             tracking.log_metrics({"best_valid_weighted_f1": best, **model.timings,
                                   **{f"{k}_best_valid_weighted_f1": v["best_valid_weighted_f1"]
                                      for k, v in parts.items()}})
