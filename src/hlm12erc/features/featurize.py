@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hlm12erc import tracking
 from hlm12erc.config import FeatureParams, Params
 from hlm12erc.features.store import INDEX_COLUMNS, TABLE_SPLITS, FeatureSet
 
@@ -24,7 +23,6 @@ def featurize_stage(params: Params, tables_dir: str | Path, out_dir: str | Path)
     for split in TABLE_SPLITS:  # bad rows fail before any slow work
         if (Path(tables_dir) / f"{split}.csv").exists():
             load_table(Path(tables_dir) / f"{split}.csv", params.labels)
-    tracking.ensure_store()  # once, before train/evaluate runs may start in parallel
     return featurize_tables(tables_dir, out_dir, params.features, params.labels)
 
 
