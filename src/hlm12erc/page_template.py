@@ -41,7 +41,8 @@ table.cm{border-collapse:collapse;font-size:12px;font-variant-numeric:tabular-nu
   display:flex;flex-wrap:wrap;gap:6px 14px;align-items:center;font-size:13px}
 #controls select{font:inherit;font-size:12.5px;max-width:140px}
 #controls button{font:inherit;font-size:12.5px}
-#count{color:var(--muted);margin-left:auto}
+#controls .end{margin-left:auto;display:flex;gap:10px;align-items:center}
+#count{color:var(--muted)}
 main{padding:14px 22px 40px;max-width:1180px}
 .dlg{background:#fff;border:1px solid var(--line);border-radius:8px;margin:0 0 14px;padding:8px 12px 6px;
   content-visibility:auto;contain-intrinsic-size:auto 520px}
@@ -169,7 +170,7 @@ if (cmpNames.length) c.push('<label>compare with <select id="f-cmp"><option valu
   '<label><input type="checkbox" id="f-dis"> they disagree</label>');
 if (gold) c.push('<label>sort <select id="f-sort"><option value="order">dialogue order</option>' +
   '<option value="errors">most errors first</option></select></label>');
-c.push('<button id="f-clear" type="button">clear</button><span id="count"></span>');
+c.push('<span class="end"><button id="f-clear" type="button">clear</button><span id="count"></span></span>');
 document.getElementById("controls").innerHTML = c.join("");
 
 // ---------------------------------------------------------------- dialogues
@@ -271,10 +272,14 @@ if ($("cm")) $("cm").addEventListener("click", function(ev){
   apply();
   main.scrollIntoView();
 });
-var m = /compare=([^&]+)/.exec(location.hash);
-if (m && $("f-cmp") && cmpNames.indexOf(decodeURIComponent(m[1])) >= 0) {
-  $("f-cmp").value = decodeURIComponent(m[1]); compare();
-} else apply();
+function fromHash(){
+  var m = /compare=([^&]+)/.exec(location.hash), name = m ? decodeURIComponent(m[1]) : "";
+  if (name && $("f-cmp") && cmpNames.indexOf(name) >= 0 && $("f-cmp").value !== name) {
+    $("f-cmp").value = name; compare(); return true; }
+  return false;
+}
+window.addEventListener("hashchange", fromHash);
+if (!fromHash()) apply();
 window.__renderMs = performance.now();
 document.body.dataset.ready = "1";
 })();
