@@ -3,6 +3,8 @@ test table (real extracted frames and wavs) and predictions written the way the 
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -38,3 +40,9 @@ def write_predictions(table: pd.DataFrame, path: Path, seed: int, wrong_every: i
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(path, index=False, float_format="%.6f")
     return frame
+
+
+def page_json(path: Path) -> dict:
+    """The data blob a page renders."""
+    text = Path(path).read_text(encoding="utf-8")
+    return json.loads(re.search(r'<script type="application/json" id="data">(.*?)</script>', text, re.S).group(1))

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import base64
 import importlib.util
-import json
-import re
 import shutil
 from pathlib import Path
 
@@ -17,16 +15,10 @@ import pytest
 from conftest import ERC_LABELS
 from hlm12erc.data.meld import load_table
 from hlm12erc.pages import Evaluated, PageError, align, build_pages, read_predictions, write_predict_page
-from pages_support import write_predictions
+from pages_support import page_json, write_predictions
 
 ROOT = Path(__file__).resolve().parents[1]
 MODALITIES = ("text", "audio", "visual")
-
-
-def page_json(path: Path) -> dict:
-    text = path.read_text(encoding="utf-8")
-    blob = re.search(r'<script type="application/json" id="data">(.*?)</script>', text, re.S).group(1)
-    return json.loads(blob)
 
 
 def turns(data: dict) -> list[dict]:
