@@ -147,3 +147,41 @@ def test_a_thumbnail_and_an_audio_element_resolve(site, browser, folder):
     if folder == "reports":
         browser.save_screenshot(str(site / "page.png"))
         assert (site / "page.png").stat().st_size > 10_000
+
+
+def test_the_index_opens_a_comparison_of_two_objectives(site, browser):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get("about:blank")
+    browser.get((site / "reports" / "index.html").resolve().as_uri())
+    assert [a.text for a in browser.find_elements("css selector", "table a")][:2] == list(NAMES)
+    browser.find_element("css selector", "#cmp button").click()
+    WebDriverWait(browser, WAIT_S).until(lambda d: d.execute_script("return document.body.dataset.ready === '1'"))
+    assert browser.current_url.endswith("/final/index.html#compare=text_finetune")
+    assert browser.find_element("id", "f-cmp").get_attribute("value") == "text_finetune"
+    assert "text_finetune: " in browser.find_element("css selector", ".turn .cmp").text
+
+
+def test_the_page_works_as_mlflow_shows_it_in_a_sandboxed_blob_iframe(site, browser):
+    """MLflow's artifact view puts an HTML artifact in <iframe sandbox="allow-scripts" src=blob:...>: an opaque
+    origin where nothing relative resolves; the embedded page must still render, filter and show its media."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get("about:blank")
+    browser.execute_script(
+        "const f = document.createElement('iframe'); f.sandbox = 'allow-scripts'; f.width = 1200; f.height = 900;"
+        "f.src = URL.createObjectURL(new Blob([arguments[0]], {type: 'text/html'})); document.body.appendChild(f);",
+        (site / "reports" / "final" / "index.html").read_text(encoding="utf-8"))
+    browser.switch_to.frame(browser.find_element("tag name", "iframe"))
+    try:
+        WebDriverWait(browser, WAIT_S).until(lambda d: d.execute_script(
+            "const i = document.querySelector('img.thumb');"
+            "return document.body.dataset.ready === '1' && i && i.complete && i.naturalWidth > 0"))
+        browser.find_element("id", "f-err").click()
+        frame = predictions(site)
+        assert shown_clips(browser) == frame.loc[frame["label"] != frame["predicted"], "clip_id"].tolist()
+        browser.find_element("css selector", "button.play").click()
+        WebDriverWait(browser, WAIT_S).until(lambda d: d.execute_script(
+            "const a = document.querySelector('audio'); return a && a.duration > 0"))
+    finally:
+        browser.switch_to.default_content()
