@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         objectives = [Evaluated(n, work / "plots" / n / "predictions.csv", None, ("text", "audio", "visual"))
                       for n in names]
         start = time.perf_counter()
-        written, _ = build_pages(test, objectives, work / "reports", MELD_LABELS, headline=shown)
+        written, _ = build_pages(test, objectives, work / "reports", MELD_LABELS, reference=shown)
         write_s = time.perf_counter() - start
         page = work / "reports" / shown / "index.html"
         size_mb = page.stat().st_size / 1e6

@@ -20,7 +20,7 @@ from hlm12erc.data.meld import DataError  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml", help="objectives, their modalities, labels, the headline")
+    parser.add_argument("--params", default="params.yaml", help="objectives, their modalities, labels")
     parser.add_argument("--tables", default="data/tables")
     parser.add_argument("--split", default="test", help="the split the evaluate stages scored")
     parser.add_argument("--plots", default="plots", help="folder of <objective>/predictions.csv")
@@ -38,8 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         objectives = [Evaluated(name, Path(args.plots) / name / "predictions.csv", Path(args.metrics) / f"{name}.json",
                                 tuple(params.objective(name).modalities)) for name in params.objectives]
         budget = AUDIO_BUDGET if args.audio_budget_mb is None else int(args.audio_budget_mb * 1e6)
+        # The index compares each objective with the study's last one (not params `model`: switching the headline
+        # with `dvc exp run -S model=...` re-runs only the headline stage).
         written, refused = build_pages(Path(args.tables) / f"{args.split}.csv", objectives, args.out, params.labels,
-                                       args.split, params.model, Path(args.metrics) / "objectives.csv", budget)
+                                       args.split, objectives[-1].name if objectives else None,
+                                       Path(args.metrics) / "objectives.csv", budget)
         if not args.no_mlflow:
             from hlm12erc import tracking
 

@@ -43,7 +43,7 @@ def objectives(root: Path, names=("final", "text_finetune")) -> list[Evaluated]:
 
 
 def build(root: Path, out: Path, **kwargs):
-    return build_pages(root / "tables" / "test.csv", objectives(root), out, ERC_LABELS, headline="final", **kwargs)
+    return build_pages(root / "tables" / "test.csv", objectives(root), out, ERC_LABELS, reference="final", **kwargs)
 
 
 def test_a_page_holds_every_turn_with_its_prediction_media_and_comparison(corpus, capsys):

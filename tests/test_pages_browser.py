@@ -40,7 +40,7 @@ def site(data_demo_media, tmp_path_factory) -> Path:
         write_predictions(table, root / "plots" / name / "predictions.csv", seed)
         objectives.append(Evaluated(name, root / "plots" / name / "predictions.csv", None, ("text", "audio", "visual")))
     for out, budget in (("reports", 4_000_000), ("linked", 0)):
-        written, refused = build_pages(test, objectives, root / out, MELD_LABELS, headline="final",
+        written, refused = build_pages(test, objectives, root / out, MELD_LABELS, reference="final",
                                        audio_budget=budget)
         assert len(written) == 2 and not refused
     return root

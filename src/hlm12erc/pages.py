@@ -218,10 +218,11 @@ def _metrics_json(path: Path | None) -> dict | None:
 
 
 def build_pages(table_path: str | os.PathLike[str], objectives: Sequence[Evaluated], out_dir: str | os.PathLike[str],
-                labels: Sequence[str], split: str = "test", headline: str | None = None,
+                labels: Sequence[str], split: str = "test", reference: str | None = None,
                 objectives_csv: str | os.PathLike[str] | None = None,
                 audio_budget: int = AUDIO_BUDGET) -> tuple[list[Path], dict[str, str]]:
-    """Write ``<out>/<objective>/index.html`` for each objective and ``<out>/index.html``.
+    """Write ``<out>/<objective>/index.html`` for each objective and ``<out>/index.html`` (whose table links
+    each page's disagreements with ``reference``).
 
     Returns (the page folders written, ``{objective: why}`` for those refused).
     """
@@ -251,7 +252,7 @@ def build_pages(table_path: str | os.PathLike[str], objectives: Sequence[Evaluat
                          metrics_json=_metrics_json(objective.metrics), compare=others, notes=notes[objective.name])
         write_text(page_dir / "index.html", render(data))
         written.append(page_dir)
-    write_index(out, [o.name for o in objectives], refused, headline, objectives_csv, split)
+    write_index(out, [o.name for o in objectives], refused, reference, objectives_csv, split)
     return written, refused
 
 
@@ -261,14 +262,14 @@ def _cell(value: object) -> str:
     return html.escape(str(value))
 
 
-def write_index(out: Path, names: Sequence[str], refused: dict[str, str], headline: str | None,
+def write_index(out: Path, names: Sequence[str], refused: dict[str, str], reference: str | None,
                 objectives_csv: str | os.PathLike[str] | None, split: str) -> Path:
     """``<out>/index.html``: the objectives table with a link to each page, and a comparison picker."""
     csv = Path(objectives_csv) if objectives_csv else None
     table = pd.read_csv(csv) if csv and csv.is_file() else pd.DataFrame({"objective": list(names)})
     table = table[table["objective"].astype(str).isin(names)]
     present = [n for n in names if n not in refused]
-    head = headline if headline in present else (present[0] if present else "")
+    head = reference if reference in present else (present[0] if present else "")
     columns = [c for c in table.columns if c != "objective"]
     lines = ["<table><tr><th>objective</th>" + "".join(f"<th>{html.escape(c)}</th>" for c in columns)
              + f"<th>vs {html.escape(head)}</th></tr>"]
