@@ -173,6 +173,9 @@ def test_a_predict_page_has_no_gold_and_no_metrics(erc_tables, tmp_path):
     assert data["metrics"] is None and data["confusion"] is None and data["split"] is None
     assert all(t["g"] == -1 and t["y"] == ERC_LABELS.index("joy") and t["sh"] == 0 for t in turns(data))
     assert turns(data)[0]["img"] and turns(data)[0]["wav"].startswith("data:audio/wav")
+    over = page_json(write_predict_page(result, table, ERC_LABELS, MODALITIES, tmp_path / "small.html", "m",
+                                        audio_budget=0))  # a predict page's media is temporary: nothing to link
+    assert over["audio"].startswith("not embedded") and all(t["wav"] == "" for t in turns(over))
 
 
 def test_the_stage_script_writes_every_page_and_logs_each_into_its_evaluate_run(corpus, erc_mlflow_uri):

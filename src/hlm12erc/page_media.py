@@ -42,6 +42,7 @@ class Media:
     wavs: list[Path | None]  # readable wavs
     problems: list[str]  # per row: "" or what went wrong at page time ("frame missing", ...)
     embedded: list[str] | None  # wav data URIs when the audio fits the budget
+    linked: bool  # over the budget: the pages link each wav (relative to the page)
     audio_note: str
     notes: list[str] = field(default_factory=list)
 
@@ -129,7 +130,7 @@ def collect_media(table: pd.DataFrame, audio_budget: int = AUDIO_BUDGET, can_lin
         problems.append(" · ".join(problem))
         for kind in problem:
             bad.setdefault(kind, []).append(clip)
-    media = Media(thumbs, why, wavs, problems, None, "none")
+    media = Media(thumbs, why, wavs, problems, None, False, "none")
     for kind, clips in bad.items():
         shown = ", ".join(clips[:3]) + (f" and {len(clips) - 3} more" if len(clips) > 3 else "")
         warn(f"{len(clips)} turn(s) with {kind} ({shown}): shown with that media marked missing; {fix}",
@@ -141,6 +142,7 @@ def collect_media(table: pd.DataFrame, audio_budget: int = AUDIO_BUDGET, can_lin
         media.embedded = [embedded_wav(w) if w else "" for w in wavs]
         media.audio_note = f"embedded ({EMBED_RATE // 1000} kHz, {need / 1e6:.1f} MB)"
     elif can_link:
+        media.linked = True
         media.audio_note = (f"linked to the wav files ({need / 1e6:.0f} MB at {EMBED_RATE // 1000} kHz is over the "
                             f"{audio_budget / 1e6:g} MB budget): plays from the checkout, not inside MLflow")
     else:

@@ -163,14 +163,11 @@ def page_data(table: pd.DataFrame, media: Media, labels: Sequence[str], aligned:
                 last[speakers[row]] = g
             probs = aligned.probs[row]
             wav = media.wavs[row]
-            if wav is None:
-                ref = ""
-            elif media.embedded is not None:
+            ref = ""
+            if wav is not None and media.embedded is not None:
                 ref = media.embedded[row]
-            elif media.audio_note.startswith("linked"):
+            elif wav is not None and media.linked:
                 ref = quote(Path(os.path.relpath(wav.resolve(), page_dir.resolve())).as_posix())
-            else:
-                ref = ""
             status = statuses[row] + (f" · {media.problems[row]}" if media.problems[row] else "")
             turns.append({"k": str(table["clip_id"].iat[row]), "s": speakers[row], "t": texts[row], "g": g,
                           "y": int(aligned.predicted[row]), "sh": shift, "m": status, "u": used[row],
