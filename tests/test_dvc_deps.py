@@ -217,6 +217,16 @@ def test_report_lists_the_metrics_of_exactly_the_objectives_in_params() -> None:
     assert "--objectives" not in stage["cmd"]  # report.py reads the names from params.yaml
 
 
+def test_pages_lists_the_predictions_and_metrics_of_exactly_the_objectives_in_params() -> None:
+    """The pages stage reads every objective's predictions and metrics (pages.py takes the names from params.yaml)."""
+    names = list(yaml.safe_load((ROOT / "params.yaml").read_text())["objectives"])
+    deps = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["pages"]["deps"]
+    assert [d for d in deps if re.fullmatch(r"plots/[^/]+/predictions\.csv", d)] == \
+        [f"plots/{name}/predictions.csv" for name in names]
+    assert [d for d in deps if re.fullmatch(r"metrics/[^/]+\.json", d)] == [f"metrics/{name}.json" for name in names]
+    assert {"data/tables", "data/media", "metrics/objectives.csv"} <= set(deps)
+
+
 if __name__ == "__main__":
     for stage, (script, _deps) in _stage_scripts().items():
         print(f"{stage}:")

@@ -62,6 +62,26 @@ def test_predict_csv_conversation_with_and_without_clip(model_dir, conversation_
                      "dialogue 0 turn 2, dialogue 0 turn 3"]
 
 
+def test_predict_out_html_writes_the_page_of_the_conversation(model_dir, conversation_dir, tmp_path, capsys):
+    from pages_support import page_json
+
+    path = write_conversation(conversation_dir / "page", "csv", conversation_dir / "clips" / "joy.mp4")
+    out = tmp_path / "page.html"
+    argv = ["predict", str(path), "--model", str(model_dir), "--params", "params.yaml"]
+    code, stdout, err = _run([*argv, "--out", str(out)], capsys)
+    assert code == 0, err
+    assert stdout.strip() == f"wrote {len(CONVERSATION)} prediction(s) to {out}"
+    data = page_json(out)
+    turns = data["dialogues"][0]["turns"]
+    assert [(t["s"], t["t"]) for t in turns] == [(c["speaker"], c["text"]) for c in CONVERSATION]
+    assert data["metrics"] is None and all(t["g"] == -1 for t in turns)
+    assert turns[0]["img"].startswith("data:image/jpeg") and turns[0]["wav"].startswith("data:audio/wav")
+    assert [t["u"] for t in turns] == ["text+audio+visual", "text", "text"] and turns[1]["img"] == ""
+    code, table, _ = _run(argv, capsys)
+    predicted = [line.split()[-10] for line in table.strip().splitlines()[1:]]
+    assert [ERC_LABELS[t["y"]] for t in turns] == predicted
+
+
 def test_a_long_text_only_conversation_gets_one_short_note(model_dir, tmp_path, capsys):
     """Hundreds of clipless turns: one line with the count and a few examples, not one entry per turn;
     --verbose names every turn, and the output file's columns always do."""

@@ -40,7 +40,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="an MLflow model URI instead, e.g. models:/hlm12erc/1 or runs:/<run id>/model "
                              "(store: HLM12ERC_MLFLOW_URI, else MLFLOW_TRACKING_URI, else mlflow.db at the root of "
                              "the repo you are in)")
-    predict.add_argument("--out", default=None, help="write the predictions to this .csv or .json instead")
+    predict.add_argument("--out", default=None,
+                         help="write the predictions to this .csv or .json instead, or to an .html page: the "
+                              "conversation as a transcript with the predictions, frames and audio")
     predict.add_argument("--params", default=None,
                          help=f"params.yaml for the extract settings of clips (default {DEFAULT_PARAMS} when present)")
     predict.add_argument("--verbose", action="store_true",
@@ -100,25 +102,37 @@ def _load_uri(uri: str):
 def predict_command(args: argparse.Namespace) -> int:
     from hlm12erc.predict import Predictor, fallback_note, format_result, read_conversation, write_result
 
-    if args.out and Path(args.out).suffix.lower() not in (".csv", ".json"):
-        print(f"predict: --out {args.out}: unsupported suffix; use .csv or .json", file=sys.stderr)
+    page = bool(args.out) and Path(args.out).suffix.lower() == ".html"
+    if args.out and not page and Path(args.out).suffix.lower() not in (".csv", ".json"):
+        print(f"predict: --out {args.out}: unsupported suffix; use .csv, .json or .html", file=sys.stderr)
         return 2
     extract, train = _extract_params(args.params)
     turns = read_conversation(args.conversation)  # checked before any model loads
     if args.model_uri:
         model, predictor = _load_uri(args.model_uri)
-        result = model.predict(turns)
     else:
         from hlm12erc.runtime import select_device
 
-        predictor = Predictor.load(args.model or DEFAULT_MODEL, extract, device=str(select_device(train.device)),
-                                   eval_batch_size=train.eval_batch_size)
-        result = predictor.predict(turns)
+        model = predictor = Predictor.load(args.model or DEFAULT_MODEL, extract,
+                                           device=str(select_device(train.device)),
+                                           eval_batch_size=train.eval_batch_size)
+    if page:
+        import tempfile
+
+        from hlm12erc.pages import write_predict_page
+
+        with tempfile.TemporaryDirectory(prefix="hlm12erc-page-") as media_dir:
+            result, table = predictor.predict_with_media(turns, media_dir)
+            write_predict_page(result, table, predictor.labels, predictor.modalities, args.out,
+                               f"Predictions of {args.model_uri or Path(predictor.model_dir).name} for "
+                               f"{Path(args.conversation).name}")
+    else:
+        result = model.predict(turns)
     note = fallback_note(result, predictor.modalities, verbose=args.verbose)
     if note:
         print(note, file=sys.stderr)
     if args.out:
-        path = write_result(result, args.out)
+        path = args.out if page else write_result(result, args.out)
         print(f"wrote {len(result)} prediction(s) to {path}")
     else:
         print(format_result(result))

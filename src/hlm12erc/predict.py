@@ -237,15 +237,21 @@ class Predictor:
 
     def predict(self, conversation: pd.DataFrame, base_dir: str | os.PathLike[str] | None = None) -> pd.DataFrame:
         """Turns (speaker, text, optional clip/dialogue) -> one prediction row per turn."""
+        with tempfile.TemporaryDirectory(prefix="hlm12erc-predict-") as media_dir:
+            return self.predict_with_media(conversation, media_dir, base_dir)[0]
+
+    def predict_with_media(self, conversation: pd.DataFrame, media_dir: str | os.PathLike[str],
+                           base_dir: str | os.PathLike[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """:meth:`predict`, decoding the clips into ``media_dir``; also returns the 1NF table (row per turn)
+        whose ``x_visual``/``x_audio`` point there (``predict --out page.html`` shows those frames and wavs)."""
         turns = check_conversation(conversation, "conversation", base_dir)
         table = conversation_table(turns, self.labels)
-        with tempfile.TemporaryDirectory(prefix="hlm12erc-predict-") as media_dir:
-            if self.needs_media:
-                table = extract_media(table, turns["clip"].tolist(), media_dir, self.extract)
-            else:
-                table["media_status"] = ["no_clip" if not c else "not_used" for c in turns["clip"]]
-            probs, mask = self._probabilities(table)
-        return self._result(turns, table, probs, mask)
+        if self.needs_media:
+            table = extract_media(table, turns["clip"].tolist(), media_dir, self.extract)
+        else:
+            table["media_status"] = ["no_clip" if not c else "not_used" for c in turns["clip"]]
+        probs, mask = self._probabilities(table)
+        return self._result(turns, table, probs, mask), table
 
     def _probabilities(self, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """(N, labels) probabilities and the (N, modalities) present-mask, in table order; the same

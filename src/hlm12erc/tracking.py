@@ -10,6 +10,7 @@ the working directory: never where the package is installed. Artifacts of a sqli
 database), so parallel stages and queued experiments may each be the first to log.
 Run names come from DVC (``DVC_STAGE``, e.g. ``train@text``), else ``<kind>-<objective>``;
 tags carry the git commit and the DVC experiment name. mlflow is imported lazily (slow import).
+:func:`log_page` puts a stage ``pages`` page into its objective's evaluate run.
 Every run also records its process (``hlm12erc.pid``, ``hlm12erc.host``, ``hlm12erc.pid_start``):
 :func:`end_orphaned_runs`, called whenever the store is opened, ends FAILED the RUNNING runs whose
 process is gone (a ``kill -9`` leaves no RUNNING run behind once the next stage logs).
@@ -248,3 +249,24 @@ def log_artifacts(folder: str | Path, artifact_path: str | None = None) -> None:
 
 def log_text(text: str, name: str) -> None:
     _mlflow().log_text(text, name)
+
+
+def log_page(objective: str, folder: str | Path, artifact_path: str = "page") -> str:
+    """Log an error-analysis page folder into the objective's latest evaluate run (of the same DVC
+    experiment, when in one), so `mlflow ui` shows it next to that run's metrics; into a new ``pages``
+    run tagged with the objective when there is none (a store made after the evaluate stages ran).
+    Returns the run id."""
+    from mlflow.tracking import MlflowClient
+
+    experiment_id = ensure_store()
+    client = MlflowClient(tracking_uri())
+    query = f"tags.kind = 'evaluate' and tags.objective = '{objective}'"
+    if os.environ.get("DVC_EXP_NAME"):
+        query += f" and tags.dvc_exp_name = '{os.environ['DVC_EXP_NAME']}'"
+    runs = client.search_runs([experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1)
+    if runs:
+        client.log_artifacts(runs[0].info.run_id, str(folder), artifact_path)
+        return runs[0].info.run_id
+    with start_run("pages", objective) as run:
+        log_artifacts(folder, artifact_path)
+        return run.info.run_id
