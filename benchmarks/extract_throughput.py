@@ -98,10 +98,10 @@ def main() -> None:
     ffmpeg = ffmpeg_exe()
     rows = []
     for jobs in args.jobs:
-        params = ExtractParams(jobs=jobs)
+        params = ExtractParams(frame_size=112)
         out = work / f"pyav-{jobs}"
         shutil.rmtree(out, ignore_errors=True)
-        t_pyav = timed(lambda out=out, params=params: media.extract_clips(clips, out, params))
+        t_pyav = timed(lambda out=out, params=params, jobs=jobs: media.extract_clips(clips, out, params, jobs=jobs))
         out = work / f"naive-{jobs}"
         shutil.rmtree(out, ignore_errors=True)
         with ThreadPoolExecutor(jobs) as pool:

@@ -365,17 +365,15 @@ def jobs_from_descriptor(descriptor: dict[str, Any], media_dir: str | os.PathLik
 
 
 def run_extract(descriptor: dict[str, Any], media_dir: str | os.PathLike[str], params: ExtractParams,
-                progress: bool = True) -> tuple[pd.DataFrame, int]:
-    """Extract every utterance's media in parallel; writes and returns the manifest.
+                progress: bool = True, jobs: int = 0) -> tuple[pd.DataFrame, int]:
+    """Extract every utterance's media over ``jobs`` processes (0 = all cores); writes and returns the manifest.
 
     Returns ``(manifest, n_processed)`` where ``n_processed`` counts clips actually worked on
     (0 on a repeated run with the same params and sources).
     """
-    _check(params)
     media = Path(media_dir)
     media.mkdir(parents=True, exist_ok=True)
-    jobs = jobs_from_descriptor(descriptor, media)
-    rows, worked = _run(jobs, params, resolve_jobs(params.jobs), progress)
+    rows, worked = _run(jobs_from_descriptor(descriptor, media), params, resolve_jobs(jobs), progress)
     manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
     write_manifest(manifest, media)
     return manifest, worked
@@ -399,19 +397,6 @@ def _run(jobs: list[Job], params: ExtractParams, workers: int, progress: bool) -
                 bar.update()
     bar.close()
     return [r for r, _ in results], sum(w for _, w in results)
-
-
-def _check(params: ExtractParams) -> None:
-    from hlm12erc.config import ConfigError
-
-    if params.frames < 1:
-        raise ConfigError(f"params: extract.frames={params.frames} must be >= 1")
-    if params.frame_size < 8:
-        raise ConfigError(f"params: extract.frame_size={params.frame_size} must be >= 8 pixels")
-    if params.sample_rate < 1000:
-        raise ConfigError(f"params: extract.sample_rate={params.sample_rate} must be >= 1000 Hz")
-    if params.max_seconds <= 0:
-        raise ConfigError(f"params: extract.max_seconds={params.max_seconds} must be > 0")
 
 
 def write_manifest(manifest: pd.DataFrame, media_dir: str | os.PathLike[str]) -> Path:
@@ -449,11 +434,11 @@ def summarise(manifest: pd.DataFrame) -> str:
 
 
 def extract_clips(paths: Iterable[str], out_dir: str | os.PathLike[str], params: ExtractParams,
-                  split: str = "bench", progress: bool = False) -> tuple[list[dict], int]:
+                  split: str = "bench", progress: bool = False, jobs: int = 0) -> tuple[list[dict], int]:
     """Extract arbitrary clip files (benchmarks, ad-hoc use) into ``out_dir``."""
     media = str(Path(out_dir).resolve())
-    jobs = [Job(split, Path(p).stem, i, 0, str(p), media) for i, p in enumerate(paths)]
-    return _run(jobs, params, resolve_jobs(params.jobs), progress)
+    todo = [Job(split, Path(p).stem, i, 0, str(p), media) for i, p in enumerate(paths)]
+    return _run(todo, params, resolve_jobs(jobs), progress)
 
 
 __all__ = ["Job", "frame_times", "letterbox", "decode_clip", "extract_one", "run_extract", "wav_bytes",
