@@ -12,7 +12,7 @@ import argparse
 import sys
 import time
 
-from hlm12erc import media, workers
+from hlm12erc import media, media_manifest, workers
 from hlm12erc.config import ConfigError, load_params, resolve_jobs
 from hlm12erc.data import sources
 from hlm12erc.data.meld import DataError
@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - start
     print(f"extracted {worked} clip(s), {len(manifest) - worked} already done or text-only, "
           f"in {seconds:.1f}s with {resolve_jobs(params.runtime.jobs)} job(s)")
-    print(media.summarise(manifest))
-    print(f"wrote {args.out}/{media.MANIFEST}")
+    print(media_manifest.summarise(manifest))
+    print(f"wrote {args.out}/{media_manifest.MANIFEST}")
     return 0
 
 

@@ -54,7 +54,7 @@ def _tabulate(tmp_path: Path, capsys, params: Path | None = None) -> tuple[int, 
 
 def _csv_only(tmp_path: Path, files: dict[str, bytes]) -> None:
     """A CSV-only MELD folder + its descriptor + an empty manifest, ready for the tabulate stage."""
-    from hlm12erc import media
+    from hlm12erc import media_manifest
 
     meld = tmp_path / "meld"
     meld.mkdir()
@@ -62,7 +62,7 @@ def _csv_only(tmp_path: Path, files: dict[str, bytes]) -> None:
         (meld / name).write_bytes(data)
     sources.download(sources.DataParams(source="local", local_path=str(meld)), tmp_path / "raw")
     (tmp_path / "media").mkdir()
-    media.write_manifest(media.pd.DataFrame(columns=list(media.MANIFEST_COLUMNS)),
+    media_manifest.write_manifest(media_manifest.pd.DataFrame(columns=list(media_manifest.MANIFEST_COLUMNS)),
                                   tmp_path / "media")
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from hlm12erc import media
+from hlm12erc import media, media_decode, media_manifest
 from hlm12erc.config import ExtractParams
 from hlm12erc.data import demo
 from hlm12erc.workers import write_aside
@@ -23,10 +23,10 @@ def _job(src, out, split="train", cid="dia0_utt0"):
 
 
 def test_frame_times_include_centre():
-    assert np.allclose(media.frame_times(6.0, 3), [1.0, 3.0, 5.0])
-    assert np.allclose(media.frame_times(6.0, 1), [3.0])
-    assert 3.0 in [round(t, 6) for t in media.frame_times(6.0, 4)]
-    assert len(media.frame_times(6.0, 4)) == 4
+    assert np.allclose(media_decode.frame_times(6.0, 3), [1.0, 3.0, 5.0])
+    assert np.allclose(media_decode.frame_times(6.0, 1), [3.0])
+    assert 3.0 in [round(t, 6) for t in media_decode.frame_times(6.0, 4)]
+    assert len(media_decode.frame_times(6.0, 4)) == 4
 
 
 def test_clip_gives_frames_and_16k_mono_wav(tmp_path):
@@ -85,7 +85,7 @@ def test_too_long_is_cut(tmp_path):
 def test_every_bad_media_status(data_demo_media, data_demo_corpus):
     _, broken = data_demo_corpus
     _, media_dir, manifest = data_demo_media
-    assert tuple(manifest.columns) == media.MANIFEST_COLUMNS
+    assert tuple(manifest.columns) == media_manifest.MANIFEST_COLUMNS
     rows = manifest.set_index(["source_split", "clip_id"])
     for split, kinds in broken.items():
         for cid, kind in kinds.items():

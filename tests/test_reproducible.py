@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
-from hlm12erc import media
+from hlm12erc import media, media_decode
 from hlm12erc.config import DataParams, DemoParams, ExtractParams
 from hlm12erc.data import sources
 
@@ -31,9 +31,9 @@ def test_float_wavs_have_no_timestamp_and_read_back_exactly(tmp_path) -> None:
     import soundfile
 
     samples = np.random.default_rng(0).standard_normal(16_001).astype(np.float32)
-    first = media.wav_bytes(samples, 16_000)
+    first = media_decode.wav_bytes(samples, 16_000)
     time.sleep(1.1)  # libsndfile's PEAK chunk carried the second of writing
-    assert media.wav_bytes(samples, 16_000) == first and b"PEAK" not in first
+    assert media_decode.wav_bytes(samples, 16_000) == first and b"PEAK" not in first
     read, rate = soundfile.read(io.BytesIO(first), dtype="float32")
     assert rate == 16_000 and np.array_equal(read, samples)
     assert soundfile.info(io.BytesIO(first)).subtype == "FLOAT"
