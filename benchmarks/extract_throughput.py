@@ -24,7 +24,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
-from hlm12erc import media
+from hlm12erc import media, media_decode
 from hlm12erc.config import ExtractParams
 from hlm12erc.data import demo
 
@@ -58,7 +58,7 @@ def naive_clip(ffmpeg: str, clip: Path, out: Path, params: ExtractParams) -> Non
     size = params.frame_size
     vf = (f"scale={size}:{size}:force_original_aspect_ratio=decrease,"
           f"pad={size}:{size}:(ow-iw)/2:(oh-ih)/2")
-    for k, t in enumerate(media.frame_times(min(duration, params.max_seconds), params.frames)):
+    for k, t in enumerate(media_decode.frame_times(min(duration, params.max_seconds), params.frames)):
         subprocess.run([ffmpeg, "-v", "error", "-y", "-ss", f"{t:.3f}", "-i", str(clip), "-frames:v", "1",
                         "-vf", vf, str(out / f"{k}.png")], check=True)
     subprocess.run([ffmpeg, "-v", "error", "-y", "-i", str(clip), "-vn", "-ac", "1", "-ar", str(params.sample_rate),
@@ -98,10 +98,10 @@ def main() -> None:
     ffmpeg = ffmpeg_exe()
     rows = []
     for jobs in args.jobs:
-        params = ExtractParams(jobs=jobs)
+        params = ExtractParams(frame_size=112)
         out = work / f"pyav-{jobs}"
         shutil.rmtree(out, ignore_errors=True)
-        t_pyav = timed(lambda out=out, params=params: media.extract_clips(clips, out, params))
+        t_pyav = timed(lambda out=out, params=params, jobs=jobs: media.extract_clips(clips, out, params, jobs=jobs))
         out = work / f"naive-{jobs}"
         shutil.rmtree(out, ignore_errors=True)
         with ThreadPoolExecutor(jobs) as pool:

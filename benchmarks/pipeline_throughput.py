@@ -182,18 +182,17 @@ def child_predict(spec: dict) -> dict:
     import pandas as pd
     import torch
 
-    from hlm12erc.config import PARAMS_FILE, ExtractParams, TrainParams, load_params
+    from hlm12erc.config import PARAMS_FILE, load_params, params_from_dict
     from hlm12erc.predict import Predictor
     from hlm12erc.runtime import select_device
 
     child_setup(spec)
     params_path = spec["params"] or (PARAMS_FILE if Path(PARAMS_FILE).is_file() else None)
-    extract, train = (load_params(params_path).extract, load_params(params_path).train) if params_path \
-        else (ExtractParams(), TrainParams())
+    params = load_params(params_path) if params_path else params_from_dict({})
     conversation = pd.DataFrame(spec["conversation"])
     start = time.perf_counter()
-    predictor = Predictor.load(spec["model"], extract, device=str(select_device(train.device)),
-                               eval_batch_size=train.eval_batch_size)
+    predictor = Predictor.load(spec["model"], params.extract, device=str(select_device(params.train.device)),
+                               eval_batch_size=params.runtime.eval_batch_size)
     load_s = time.perf_counter() - start
     start = time.perf_counter()
     result = predictor.predict(conversation)

@@ -12,7 +12,7 @@ import argparse
 import sys
 import time
 
-from hlm12erc import media, workers
+from hlm12erc import media, media_manifest, workers
 from hlm12erc.config import ConfigError, load_params, resolve_jobs
 from hlm12erc.data import sources
 from hlm12erc.data.meld import DataError
@@ -30,15 +30,16 @@ def main(argv: list[str] | None = None) -> int:
         desc = sources.read_descriptor(args.raw)
         print(sources.describe(desc))
         start = time.perf_counter()
-        manifest, worked = media.run_extract(desc, args.out, params.extract, progress=not args.no_progress)
+        manifest, worked = media.run_extract(desc, args.out, params.extract, progress=not args.no_progress,
+                                              jobs=params.runtime.jobs)
     except (ConfigError, DataError, OSError) as exc:
         print(f"extract: {exc}", file=sys.stderr)
         return 2
     seconds = time.perf_counter() - start
     print(f"extracted {worked} clip(s), {len(manifest) - worked} already done or text-only, "
-          f"in {seconds:.1f}s with {resolve_jobs(params.extract.jobs)} job(s)")
-    print(media.summarise(manifest))
-    print(f"wrote {args.out}/{media.MANIFEST}")
+          f"in {seconds:.1f}s with {resolve_jobs(params.runtime.jobs)} job(s)")
+    print(media_manifest.summarise(manifest))
+    print(f"wrote {args.out}/{media_manifest.MANIFEST}")
     return 0
 
 

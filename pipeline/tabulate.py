@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hlm12erc import media, workers
+from hlm12erc import media_manifest, workers
 from hlm12erc.config import ConfigError, load_params
 from hlm12erc.data import sources, tables
 from hlm12erc.data.meld import DataError
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = load_params(args.params)
         desc = sources.read_descriptor(args.raw)
-        manifest = media.read_manifest(args.media)
+        manifest = media_manifest.read_manifest(args.media)
         plan = tables.split_plan(desc)
         built = tables.build_tables(desc, manifest, params.data, params.tabulate, params.labels,
                                     media_dir=args.media, table_dir=args.out)

@@ -156,7 +156,7 @@ def data_demo_corpus(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def data_demo_media(data_demo_corpus, tmp_path_factory):
-    """(descriptor, media_dir, manifest): the tiny demo corpus extracted with default params."""
+    """(descriptor, media_dir, manifest): the tiny demo corpus extracted with small (112 px) frames."""
     from hlm12erc import media
     from hlm12erc.config import ExtractParams
     from hlm12erc.data import sources
@@ -164,7 +164,7 @@ def data_demo_media(data_demo_corpus, tmp_path_factory):
     root, _ = data_demo_corpus
     descriptor = {"source": "demo", **sources.detect_layout(root)}
     media_dir = tmp_path_factory.mktemp("work") / "media"
-    manifest, _ = media.run_extract(descriptor, media_dir, ExtractParams(jobs=2), progress=False)
+    manifest, _ = media.run_extract(descriptor, media_dir, ExtractParams(frame_size=112), progress=False, jobs=2)
     return descriptor, media_dir, manifest
 
 

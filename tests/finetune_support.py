@@ -57,7 +57,7 @@ def tiny_params(model_dir: str, epochs: int = 3, **overrides):
     """Params for fast fine-tuning of the tiny BERT in ``model_dir`` (text_encoder fields in ``overrides``)."""
     from hlm12erc.config import Params, TextEncoderParams, TrainParams
 
-    enc = dict(encoder=model_dir, max_tokens=48, past_turns=2, future_turns=1, epochs=epochs,
+    enc = dict(encoder=model_dir, members=1, max_tokens=48, past_turns=2, future_turns=1, epochs=epochs,
                batch_size=8, lr=3e-3, head_lr=1e-2, warmup_ratio=0.0, dropout=0.0, patience=5, min_steps=0,
                eval_batch_size=16)
     enc.update(overrides)

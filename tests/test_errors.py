@@ -54,7 +54,7 @@ def _tabulate(tmp_path: Path, capsys, params: Path | None = None) -> tuple[int, 
 
 def _csv_only(tmp_path: Path, files: dict[str, bytes]) -> None:
     """A CSV-only MELD folder + its descriptor + an empty manifest, ready for the tabulate stage."""
-    from hlm12erc import media
+    from hlm12erc import media_manifest
 
     meld = tmp_path / "meld"
     meld.mkdir()
@@ -62,7 +62,8 @@ def _csv_only(tmp_path: Path, files: dict[str, bytes]) -> None:
         (meld / name).write_bytes(data)
     sources.download(sources.DataParams(source="local", local_path=str(meld)), tmp_path / "raw")
     (tmp_path / "media").mkdir()
-    media.write_manifest(media.pd.DataFrame(columns=list(media.MANIFEST_COLUMNS)), tmp_path / "media")
+    media_manifest.write_manifest(media_manifest.pd.DataFrame(columns=list(media_manifest.MANIFEST_COLUMNS)),
+                                  tmp_path / "media")
 
 
 def _rows(n: int, dialogue: str = "0", start: int = 0) -> str:
@@ -80,7 +81,7 @@ GOOD_TRAIN = (HEADER + _rows(4, "0") + _rows(4, "1") + _rows(4, "2")).encode()
     ("extract__frames", "three", "params: extract.frames='three' must be a whole number"),
     ("data__valid_fraction", 1.5, "params: data.valid_fraction=1.5 must be above 0 and below 1"),
     ("data__valid_fraction", 0, "params: data.valid_fraction=0.0 must be above 0 and below 1"),
-    ("train__threads", 4, "params: train.threads is a runtime setting now: set runtime.threads"),
+    ("train__threads", 4, "params: unknown key(s) ['threads'] in 'train'"),  # runtime.threads sets it
     ("model", "nope", "params: model='nope' is not an objective; known: mock, baseline"),
     ("labels", "anger", "params: labels='anger' must be a list of strings"),
     ("objectives__final__aux_weight", "high", "params: objectives.final.aux_weight='high' must be a number"),
@@ -104,7 +105,7 @@ def test_a_float_written_as_5e_5_says_how_to_write_it() -> None:
 def test_runtime_env_overrides_and_a_bad_value_is_one_line(monkeypatch) -> None:
     monkeypatch.setenv("HLM12ERC_THREADS", "3")
     params = params_from_dict(json.loads(json.dumps(PARAMS)))
-    assert params.train.threads == 3 and params.runtime.threads == 3  # read where training reads it
+    assert params.runtime.threads == 3
     monkeypatch.setenv("HLM12ERC_JOBS", "many")
     with pytest.raises(ConfigError, match=r"^environment: HLM12ERC_JOBS='many' must be a whole number"):
         params_from_dict(json.loads(json.dumps(PARAMS)))

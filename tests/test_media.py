@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from hlm12erc import media
+from hlm12erc import media, media_decode, media_manifest
 from hlm12erc.config import ExtractParams
 from hlm12erc.data import demo
 from hlm12erc.workers import write_aside
@@ -23,10 +23,10 @@ def _job(src, out, split="train", cid="dia0_utt0"):
 
 
 def test_frame_times_include_centre():
-    assert np.allclose(media.frame_times(6.0, 3), [1.0, 3.0, 5.0])
-    assert np.allclose(media.frame_times(6.0, 1), [3.0])
-    assert 3.0 in [round(t, 6) for t in media.frame_times(6.0, 4)]
-    assert len(media.frame_times(6.0, 4)) == 4
+    assert np.allclose(media_decode.frame_times(6.0, 3), [1.0, 3.0, 5.0])
+    assert np.allclose(media_decode.frame_times(6.0, 1), [3.0])
+    assert 3.0 in [round(t, 6) for t in media_decode.frame_times(6.0, 4)]
+    assert len(media_decode.frame_times(6.0, 4)) == 4
 
 
 def test_clip_gives_frames_and_16k_mono_wav(tmp_path):
@@ -75,7 +75,7 @@ def test_frames_are_taken_at_their_times_with_seeking(tmp_path):
 
 def test_too_long_is_cut(tmp_path):
     src = demo.write_clip(tmp_path / "c.mp4", seconds=3.0, seed=2)
-    row, _ = media.extract_one(_job(src, tmp_path / "m"), ExtractParams(max_seconds=1.0))
+    row, _ = media.extract_one(_job(src, tmp_path / "m"), ExtractParams(frame_size=112, max_seconds=1.0))
     assert row["status"] == "too_long" and abs(row["duration"] - 3.0) < 0.1
     audio, rate = sf.read(str(tmp_path / "m" / row["wav"]))
     assert abs(len(audio) / rate - 1.0) <= 0.05
@@ -85,7 +85,7 @@ def test_too_long_is_cut(tmp_path):
 def test_every_bad_media_status(data_demo_media, data_demo_corpus):
     _, broken = data_demo_corpus
     _, media_dir, manifest = data_demo_media
-    assert tuple(manifest.columns) == media.MANIFEST_COLUMNS
+    assert tuple(manifest.columns) == media_manifest.MANIFEST_COLUMNS
     rows = manifest.set_index(["source_split", "clip_id"])
     for split, kinds in broken.items():
         for cid, kind in kinds.items():
@@ -121,7 +121,8 @@ def test_same_ids_in_two_splits_do_not_collide(data_demo_media):
 def test_text_only_when_no_clips(data_demo_corpus, tmp_path):
     root, _ = data_demo_corpus
     descriptor = {"splits": {"dev": {"csv": str(root / "dev_sent_emo.csv"), "clips": None}}}
-    manifest, worked = media.run_extract(descriptor, tmp_path / "m", ExtractParams(jobs=1), progress=False)
+    manifest, worked = media.run_extract(descriptor, tmp_path / "m", ExtractParams(frame_size=112), progress=False,
+                                         jobs=1)
     assert worked == 0 and set(manifest["status"]) == {"text_only"}
     assert len(manifest) == len(pd.read_csv(root / "dev_sent_emo.csv"))
 
@@ -130,20 +131,20 @@ def test_second_run_does_no_work_and_resumes(data_demo_corpus, tmp_path):
     root, _ = data_demo_corpus
     descriptor = {"splits": {"dev": {"csv": str(root / "dev_sent_emo.csv"),
                                      "clips": str(root / "dev_splits_complete")}}}
-    params = ExtractParams(jobs=2, frame_size=48)
-    first, worked = media.run_extract(descriptor, tmp_path / "m", params, progress=False)
+    params = ExtractParams(frame_size=48)
+    first, worked = media.run_extract(descriptor, tmp_path / "m", params, progress=False, jobs=2)
     assert worked == len(first) > 0
     wav = tmp_path / "m" / first["wav"][0]
     mtime = wav.stat().st_mtime_ns
-    second, worked = media.run_extract(descriptor, tmp_path / "m", params, progress=False)
+    second, worked = media.run_extract(descriptor, tmp_path / "m", params, progress=False, jobs=2)
     assert worked == 0 and wav.stat().st_mtime_ns == mtime
     pd.testing.assert_frame_equal(first, second)
     # an interruption lost one clip's outputs: only that clip is redone
     os.remove(tmp_path / "m" / first["wav"][3])
-    _, worked = media.run_extract(descriptor, tmp_path / "m", params, progress=False)
+    _, worked = media.run_extract(descriptor, tmp_path / "m", params, progress=False, jobs=2)
     assert worked == 1
     # different params: everything is redone
-    _, worked = media.run_extract(descriptor, tmp_path / "m", ExtractParams(jobs=2, frame_size=40),
+    _, worked = media.run_extract(descriptor, tmp_path / "m", ExtractParams(frame_size=40), jobs=2,
                                   progress=False)
     assert worked == len(first)
     assert cv2.imread(str(tmp_path / "m" / first["frames_dir"][0] / "0.png")).shape == (40, 40, 3)

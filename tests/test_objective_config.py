@@ -2,7 +2,7 @@
 
 import pytest
 
-from hlm12erc.config import ConfigError, ObjectiveConfig, Params, load_params, params_from_dict
+from hlm12erc.config import ConfigError, ObjectiveConfig, load_params, params_from_dict
 
 
 def objective(**fields) -> dict:
@@ -44,26 +44,20 @@ def test_the_valid_combinations_pass():
 
 
 def test_an_unknown_dialogue_mode_fails_clearly():
-    """`dialogue: sideways` is refused in one line naming the choices, before any training."""
-    from hlm12erc.training.fit import new_model
-
-    try:
-        params = params_from_dict(objective(dialogue="sideways"))
-    except ConfigError as error:  # refused while reading params (the earliest place)
-        message = str(error)
-    else:
-        with pytest.raises((ConfigError, ValueError)) as raised:
-            new_model(params.objective("x"), Params(), {"text": 12, "audio": 8, "visual": 6})
-        message = str(raised.value)
+    """`dialogue: sideways` is refused in one line naming the choices, while reading params (before any training)."""
+    with pytest.raises(ConfigError) as raised:
+        params_from_dict(objective(dialogue="sideways"))
+    message = str(raised.value)
     assert "\n" not in message and "dialogue='sideways'" in message
     assert all(choice in message for choice in ("none", "past", "bidirectional"))
 
 
 def test_an_unknown_fusion_fails_clearly():
-    from hlm12erc.training.fit import new_model
-
-    with pytest.raises((ConfigError, ValueError), match=r"fusion='sum' is not known; use concat, attention"):
-        new_model(ObjectiveConfig(name="x", fusion="sum"), Params(), {"text": 12, "audio": 8, "visual": 6})
+    """Refused where the config is built, in code as from params.yaml."""
+    with pytest.raises(ConfigError, match=r"^ObjectiveConfig: fusion='sum' is not one of concat, attention, none"):
+        ObjectiveConfig(name="x", fusion="sum")
+    with pytest.raises(ConfigError, match=r"^params: objectives.x.fusion='sum' is not one of concat, attention"):
+        params_from_dict(objective(fusion="sum"))
 
 
 def test_the_train_script_reports_a_bad_dialogue_in_one_line(tmp_path, capsys):

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
-from hlm12erc import media
+from hlm12erc import media, media_decode
 from hlm12erc.config import DataParams, DemoParams, ExtractParams
 from hlm12erc.data import sources
 
@@ -31,9 +31,9 @@ def test_float_wavs_have_no_timestamp_and_read_back_exactly(tmp_path) -> None:
     import soundfile
 
     samples = np.random.default_rng(0).standard_normal(16_001).astype(np.float32)
-    first = media.wav_bytes(samples, 16_000)
+    first = media_decode.wav_bytes(samples, 16_000)
     time.sleep(1.1)  # libsndfile's PEAK chunk carried the second of writing
-    assert media.wav_bytes(samples, 16_000) == first and b"PEAK" not in first
+    assert media_decode.wav_bytes(samples, 16_000) == first and b"PEAK" not in first
     read, rate = soundfile.read(io.BytesIO(first), dtype="float32")
     assert rate == 16_000 and np.array_equal(read, samples)
     assert soundfile.info(io.BytesIO(first)).subtype == "FLOAT"
@@ -47,21 +47,21 @@ def test_media_bytes_depend_on_content_not_on_folder_or_mtime(data_demo_corpus, 
     root, _ = data_demo_corpus
     copy = tmp_path / "elsewhere" / "MELD.Raw"
     shutil.copytree(root, copy)  # new paths, new mtimes, same bytes
-    params = ExtractParams(jobs=2)
+    params = ExtractParams(frame_size=112)
     one = {"source": "demo", **sources.detect_layout(root)}
     two = {"source": "demo", **sources.detect_layout(copy)}
-    media.run_extract(one, tmp_path / "a" / "media", params, progress=False)
-    media.run_extract(two, tmp_path / "b" / "media", params, progress=False)
+    media.run_extract(one, tmp_path / "a" / "media", params, progress=False, jobs=2)
+    media.run_extract(two, tmp_path / "b" / "media", params, progress=False, jobs=2)
     a, b = _files(tmp_path / "a" / "media"), _files(tmp_path / "b" / "media")
     assert a.keys() == b.keys() and any(k.endswith(".wav") for k in a)
     assert [k for k in a if a[k] != b[k]] == []
     for path in copy.rglob("*"):  # what `dvc checkout` does to data/raw: same bytes, new mtimes
         os.utime(path, (time.time() + 100, time.time() + 100))
-    _, worked = media.run_extract(two, tmp_path / "b" / "media", params, progress=False)
+    _, worked = media.run_extract(two, tmp_path / "b" / "media", params, progress=False, jobs=2)
     assert worked == 0
     victim = next(copy.rglob("dia0_utt0.mp4"))
     victim.write_bytes(victim.read_bytes()[:-1] + b"\0")  # changed content: redone
-    _, worked = media.run_extract(two, tmp_path / "b" / "media", params, progress=False)
+    _, worked = media.run_extract(two, tmp_path / "b" / "media", params, progress=False, jobs=2)
     assert worked == 1
 
 

@@ -59,7 +59,7 @@ def test_bf16_runs_the_matmuls_in_bfloat16_and_returns_fp32_close_to_fp32(tiny_m
 
 @needs_bf16
 def test_bf16_trains_and_the_saved_model_predicts_in_bf16(tiny_model_dir, tmp_path):
-    enc = TextEncoderParams(encoder=tiny_model_dir, max_tokens=32, epochs=1, batch_size=8, min_steps=0,
+    enc = TextEncoderParams(encoder=tiny_model_dir, members=1, max_tokens=32, epochs=1, batch_size=8, min_steps=0,
                             eval_batch_size=16, precision="bf16")
     params = Params(train=TrainParams(seed=5, device="cpu"), labels=list(LABELS), text_encoder=enc)
     model = new_model(ObjectiveConfig(name="t", text="finetuned", fusion="none"), params)

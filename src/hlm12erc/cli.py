@@ -65,13 +65,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _extract_params(path: str | None):
-    from hlm12erc.config import ExtractParams, TrainParams, load_params
+def _params(path: str | None):
+    """The params predict and register read (extract, device, batch size): the file's, or its defaults."""
+    from hlm12erc.config import load_params, params_from_dict
 
     if path is None and not Path(DEFAULT_PARAMS).is_file():
-        return ExtractParams(), TrainParams()
-    params = load_params(path or DEFAULT_PARAMS)
-    return params.extract, params.train
+        return params_from_dict({})
+    return load_params(path or DEFAULT_PARAMS)
 
 
 def _load_uri(uri: str):
@@ -106,16 +106,16 @@ def predict_command(args: argparse.Namespace) -> int:
     if args.out and not page and Path(args.out).suffix.lower() not in (".csv", ".json"):
         print(f"predict: --out {args.out}: unsupported suffix; use .csv, .json or .html", file=sys.stderr)
         return 2
-    extract, train = _extract_params(args.params)
+    params = _params(args.params)
     turns = read_conversation(args.conversation)  # checked before any model loads
     if args.model_uri:
         model, predictor = _load_uri(args.model_uri)
     else:
         from hlm12erc.runtime import select_device
 
-        model = predictor = Predictor.load(args.model or DEFAULT_MODEL, extract,
-                                           device=str(select_device(train.device)),
-                                           eval_batch_size=train.eval_batch_size)
+        model = predictor = Predictor.load(args.model or DEFAULT_MODEL, params.extract,
+                                           device=str(select_device(params.train.device)),
+                                           eval_batch_size=params.runtime.eval_batch_size)
     if page:
         import tempfile
 
@@ -144,8 +144,7 @@ def register_command(args: argparse.Namespace) -> int:
     from hlm12erc.pyfunc import register_model
 
     metrics = read_metrics(args.metrics)
-    extract, _train = _extract_params(args.params)
-    version, created = register_model(args.model, metrics, args.name, extract)
+    version, created = register_model(args.model, metrics, args.name, _params(args.params).extract)
     uri = f"models:/{args.name}/{version}"
     if created:
         print(f"registered {args.model} as {args.name} version {version} ({uri})")

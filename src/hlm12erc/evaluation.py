@@ -33,13 +33,13 @@ def weighted_f1_interval(table: pd.DataFrame, predicted: np.ndarray, labels: Seq
 def evaluate_stage(params: Params, model_dir: str | Path, tables_dir: str | Path, features_dir: str | Path,
                    split: str, metrics_path: str | Path, plots_dir: str | Path) -> tuple[dict, str]:
     """Score a model folder on ``split``; write the metrics JSON and plots; log one MLflow run."""
-    set_cpu_threads(params.train.threads)
+    set_cpu_threads(params.runtime.threads)
     model = ErcModel.load(model_dir, select_device(params.train.device))
     name = (model.meta.get("objective") or {}).get("name") or Path(model_dir).name
     labels = model.labels
     table = load_table(Path(tables_dir) / f"{split}.csv", labels)
     features = load_split(features_dir, tables_dir, split) if model.uses_cached_features else None
-    probs = model.predict_proba(table, features, batch_size=params.train.eval_batch_size)
+    probs = model.predict_proba(table, features, batch_size=params.runtime.eval_batch_size)
     predicted = [labels[i] for i in probs.argmax(1)]
     actual = table["label"].astype(str).tolist()
     absent = absent_modalities(table, model.modalities)

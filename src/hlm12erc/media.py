@@ -1,4 +1,4 @@
-"""Clip -> K letterboxed PNG frames + a 16 kHz mono float wav, decoded in-process with PyAV.
+"""Stage ``extract``: every utterance's clip -> K letterboxed PNG frames + a 16 kHz mono float wav.
 
 Per utterance of every split in the descriptor (clip ``<clips>/dia{D}_utt{U}.mp4``)::
 
@@ -6,14 +6,7 @@ Per utterance of every split in the descriptor (clip ``<clips>/dia{D}_utt{U}.mp4
     <media>/audio/<source_split>/dia{D}_utt{U}.wav             (mono, FLOAT, sample_rate Hz)
     <media>/manifest.csv                                       (one row per utterance)
 
-Frame times: frame ``k`` of ``K`` sits at ``(k + 0.5) / K`` of the (possibly cut) duration,
-i.e. 1/6, 1/2, 5/6 for K=3: evenly spaced, the centre frame included for every odd K. For an
-even K the grid of K+1 is used without its last point, so the centre is still included.
-Frames are scaled to fit and padded with black (letterbox): nothing is cropped.
-
-Statuses: ``ok``; ``too_long`` (cut at ``max_seconds``; outputs written); ``no_audio`` (frames
-only); ``no_video`` (wav only); ``corrupt`` (cannot be opened/decoded; nothing written);
-``missing`` (no file); ``text_only`` (the descriptor has no clips folder for the split).
+Decoding is :mod:`hlm12erc.media_decode`; statuses and the manifest are :mod:`hlm12erc.media_manifest`.
 
 Re-runs: each clip's outcome is recorded in ``<media>/.state/<split>/<clip>.json`` together
 with a fingerprint of the extract params and the SHA-256 of the source file's bytes (never its
@@ -21,9 +14,8 @@ path or mtime, so a ``dvc checkout`` of ``data/raw`` or another checkout redoes 
 after its outputs. A later run skips every clip whose fingerprint matches and whose outputs exist,
 so an interrupted run only does the remaining clips and a repeated run decodes nothing.
 
-Bytes: PNGs, the wavs (a fixed 58-byte RIFF header written here: libsndfile adds a PEAK chunk
-with a timestamp to float wavs), the state records and the manifest depend only on the source
-bytes and the params, so two runs in two folders give the same ``data/media`` hash.
+Bytes: PNGs, the wavs, the state records and the manifest depend only on the source bytes and
+the params, so two runs in two folders give the same ``data/media`` hash.
 """
 
 from __future__ import annotations
@@ -32,8 +24,6 @@ import hashlib
 import json
 import os
 import shutil
-import struct
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,15 +34,10 @@ import pandas as pd
 
 from hlm12erc.config import ExtractParams, resolve_jobs
 from hlm12erc.data import meld
+from hlm12erc.media_decode import decode_clip, wav_bytes
+from hlm12erc.media_manifest import MANIFEST_COLUMNS, write_manifest
 from hlm12erc.workers import pool as die_with_parent_pool
 
-MANIFEST = "manifest.csv"
-MANIFEST_COLUMNS = ("source_split", "clip_id", "dialogue", "sequence", "status", "duration",
-                    "frames_dir", "wav", "fingerprint")
-STATUSES = ("ok", "too_long", "no_audio", "no_video", "corrupt", "missing", "text_only")
-WITH_FRAMES = ("ok", "too_long", "no_audio")
-WITH_AUDIO = ("ok", "too_long", "no_video")
-SEEK_GAP_S = 4.0  # seek instead of decoding forward when the next frame is this far ahead
 STATE_DIR = ".state"
 
 
@@ -66,32 +51,6 @@ class Job:
     sequence: int
     src: str | None  # None: the split has no clips folder (text_only)
     media: str  # output root
-
-
-def frame_times(duration: float, k: int) -> list[float]:
-    """K evenly spaced times over ``duration``, the centre included (see module doc)."""
-    n = k if k % 2 == 1 else k + 1
-    return [duration * (i + 0.5) / n for i in range(n)][:k]
-
-
-def letterbox(rgb: np.ndarray, size: int) -> np.ndarray:
-    """Fit ``rgb`` into a black ``size`` x ``size`` square, aspect ratio kept, nothing cropped."""
-    import cv2
-
-    h, w = rgb.shape[:2]
-    scale = size / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    if (nh, nw) != (h, w):
-        rgb = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA)
-    out = np.zeros((size, size, 3), np.uint8)
-    top, left = (size - nh) // 2, (size - nw) // 2
-    out[top:top + nh, left:left + nw] = rgb
-    return out
-
-
-def _fit(width: int, height: int, size: int) -> tuple[int, int]:
-    scale = size / max(width, height)
-    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def file_sha256(path: str) -> str:
@@ -120,118 +79,6 @@ def fingerprint(params: ExtractParams, src: str | None) -> str:
     return hashlib.sha1(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
 
-# ----------------------------------------------------------------------------- decoding
-
-class _Corrupt(Exception):
-    pass
-
-
-def _duration(container: Any) -> float:
-    if container.duration:
-        return container.duration / 1_000_000
-    best = 0.0
-    for stream in container.streams:
-        if stream.duration and stream.time_base:
-            best = max(best, float(stream.duration * stream.time_base))
-    return best
-
-
-def _grab_frames(container: Any, times: list[float], size: int) -> list[np.ndarray]:
-    """The first decoded frame at or after each time (seeking over long gaps), letterboxed."""
-    stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
-    tb = float(stream.time_base)
-    fps = float(stream.average_rate or 25)
-    half = 0.5 / fps
-    out: list[np.ndarray] = []
-    decoded = None
-    position = 0.0
-    last = None
-    for t in times:
-        if decoded is None or t - position > SEEK_GAP_S:
-            if decoded is not None or t > SEEK_GAP_S:
-                container.seek(int(max(0.0, t - 1.0) / tb), stream=stream, backward=True)
-            decoded = container.decode(stream)
-        found = None
-        for frame in decoded:
-            if frame.pts is None:
-                continue
-            position = frame.pts * tb
-            last = frame
-            if position + half >= t:
-                found = frame
-                break
-        found = found or last  # clip shorter than its header says: take the last frame
-        if found is None:
-            raise _Corrupt("no decodable video frame")
-        w, h = _fit(found.width, found.height, size)
-        rgb = found.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
-        out.append(letterbox(rgb, size))
-    return out
-
-
-def _grab_audio(container: Any, rate: int, max_seconds: float) -> np.ndarray:
-    """The first audio stream as mono float32 at ``rate`` Hz, cut at ``max_seconds``."""
-    import av
-
-    stream = container.streams.audio[0]
-    container.seek(0)
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
-    limit = int(round(max_seconds * rate))
-    chunks: list[np.ndarray] = []
-    total = 0
-    for packet in container.demux(stream):
-        for frame in packet.decode():
-            for res in resampler.resample(frame):
-                arr = res.to_ndarray().reshape(-1)
-                chunks.append(arr)
-                total += arr.size
-        if total >= limit:
-            break
-    else:
-        for res in resampler.resample(None):
-            arr = res.to_ndarray().reshape(-1)
-            chunks.append(arr)
-            total += arr.size
-    if not chunks:
-        raise _Corrupt("no decodable audio")
-    return np.concatenate(chunks)[:limit].astype(np.float32)
-
-
-def decode_clip(src: str, params: ExtractParams) -> dict[str, Any]:
-    """Decode one clip: ``{"status", "duration", "frames": [...] | None, "audio": array | None}``."""
-    import av
-
-    try:
-        container = av.open(src)
-    except (av.error.FFmpegError, OSError, ValueError):
-        return {"status": "corrupt", "duration": float("nan"), "frames": None, "audio": None}
-    with container:
-        duration = _duration(container)
-        has_video = bool(container.streams.video)
-        has_audio = bool(container.streams.audio)
-        if not has_video and not has_audio:
-            return {"status": "corrupt", "duration": duration, "frames": None, "audio": None}
-        span = min(duration, params.max_seconds) if duration > 0 else 0.0
-        frames = audio = None
-        try:
-            if has_video:
-                frames = _grab_frames(container, frame_times(span, params.frames), params.frame_size)
-            if has_audio:
-                audio = _grab_audio(container, params.sample_rate, params.max_seconds)
-        except (_Corrupt, av.error.FFmpegError, ValueError, IndexError, MemoryError):
-            return {"status": "corrupt", "duration": duration, "frames": None, "audio": None}
-    if duration > params.max_seconds:
-        status = "too_long"
-    elif frames is None:
-        status = "no_video"
-    elif audio is None:
-        status = "no_audio"
-    else:
-        status = "ok"
-    return {"status": status, "duration": duration, "frames": frames, "audio": audio}
-
-
 # ----------------------------------------------------------------------------- one clip
 
 def _paths(job: Job) -> tuple[Path, Path, Path]:
@@ -256,21 +103,6 @@ def _write_frames(frames: list[np.ndarray], dest: Path) -> None:
         cv2.imwrite(str(tmp / f"{k}.png"), img[:, :, ::-1])
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
-
-
-def wav_bytes(audio: np.ndarray, rate: int) -> bytes:
-    """A mono 32-bit float wav (WAVE_FORMAT_IEEE_FLOAT, ``fmt `` + ``fact`` + ``data``).
-
-    Written by hand because libsndfile (soundfile) adds a PEAK chunk carrying the write time to
-    every float wav, so the same samples would give different bytes on every run.
-    """
-    data = np.ascontiguousarray(audio, dtype="<f4").reshape(-1)
-    payload = data.tobytes()
-    fmt = struct.pack("<HHIIHHH", 3, 1, rate, rate * 4, 4, 32, 0)  # format 3 = IEEE float, cbSize 0
-    chunks = (b"fmt " + struct.pack("<I", len(fmt)) + fmt
-              + b"fact" + struct.pack("<II", 4, data.size)
-              + b"data" + struct.pack("<I", len(payload)) + payload)
-    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks
 
 
 def _write_wav(audio: np.ndarray, rate: int, dest: Path) -> None:
@@ -365,17 +197,15 @@ def jobs_from_descriptor(descriptor: dict[str, Any], media_dir: str | os.PathLik
 
 
 def run_extract(descriptor: dict[str, Any], media_dir: str | os.PathLike[str], params: ExtractParams,
-                progress: bool = True) -> tuple[pd.DataFrame, int]:
-    """Extract every utterance's media in parallel; writes and returns the manifest.
+                progress: bool = True, jobs: int = 0) -> tuple[pd.DataFrame, int]:
+    """Extract every utterance's media over ``jobs`` processes (0 = all cores); writes and returns the manifest.
 
     Returns ``(manifest, n_processed)`` where ``n_processed`` counts clips actually worked on
     (0 on a repeated run with the same params and sources).
     """
-    _check(params)
     media = Path(media_dir)
     media.mkdir(parents=True, exist_ok=True)
-    jobs = jobs_from_descriptor(descriptor, media)
-    rows, worked = _run(jobs, params, resolve_jobs(params.jobs), progress)
+    rows, worked = _run(jobs_from_descriptor(descriptor, media), params, resolve_jobs(jobs), progress)
     manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
     write_manifest(manifest, media)
     return manifest, worked
@@ -401,61 +231,12 @@ def _run(jobs: list[Job], params: ExtractParams, workers: int, progress: bool) -
     return [r for r, _ in results], sum(w for _, w in results)
 
 
-def _check(params: ExtractParams) -> None:
-    from hlm12erc.config import ConfigError
-
-    if params.frames < 1:
-        raise ConfigError(f"params: extract.frames={params.frames} must be >= 1")
-    if params.frame_size < 8:
-        raise ConfigError(f"params: extract.frame_size={params.frame_size} must be >= 8 pixels")
-    if params.sample_rate < 1000:
-        raise ConfigError(f"params: extract.sample_rate={params.sample_rate} must be >= 1000 Hz")
-    if params.max_seconds <= 0:
-        raise ConfigError(f"params: extract.max_seconds={params.max_seconds} must be > 0")
-
-
-def write_manifest(manifest: pd.DataFrame, media_dir: str | os.PathLike[str]) -> Path:
-    path = Path(media_dir) / MANIFEST
-    tmp = path.with_name(f".{MANIFEST}.tmp")
-    manifest.to_csv(tmp, index=False, lineterminator="\n")
-    os.replace(tmp, path)
-    return path
-
-
-def read_manifest(media_dir: str | os.PathLike[str]) -> pd.DataFrame:
-    path = Path(media_dir) / MANIFEST
-    if not path.exists():
-        raise meld.DataError(f"{path} not found; run the extract stage first (`dvc repro extract`)")
-    frame = pd.read_csv(path, dtype={"frames_dir": str, "wav": str, "clip_id": str,
-                                     "source_split": str, "status": str}, keep_default_na=False)
-    missing = [c for c in MANIFEST_COLUMNS[:8] if c not in frame.columns]
-    if missing:
-        raise meld.DataError(f"{path}: not an extract manifest, missing column(s) {missing}; "
-                             f"re-run `dvc repro extract`")
-    return frame
-
-
-def summarise(manifest: pd.DataFrame) -> str:
-    """Counts per status, per source split, as a few printable lines."""
-    lines = []
-    for split, part in manifest.groupby("source_split", sort=False):
-        counts = Counter(part["status"])
-        lines.append(f"  {split:5s} {len(part):6d} clips: " +
-                     ", ".join(f"{s}={counts[s]}" for s in STATUSES if counts[s]))
-    total = Counter(manifest["status"])
-    lines.append(f"  all   {len(manifest):6d} clips: " +
-                 ", ".join(f"{s}={total[s]}" for s in STATUSES if total[s]))
-    return "\n".join(lines)
-
-
 def extract_clips(paths: Iterable[str], out_dir: str | os.PathLike[str], params: ExtractParams,
-                  split: str = "bench", progress: bool = False) -> tuple[list[dict], int]:
+                  split: str = "bench", progress: bool = False, jobs: int = 0) -> tuple[list[dict], int]:
     """Extract arbitrary clip files (benchmarks, ad-hoc use) into ``out_dir``."""
     media = str(Path(out_dir).resolve())
-    jobs = [Job(split, Path(p).stem, i, 0, str(p), media) for i, p in enumerate(paths)]
-    return _run(jobs, params, resolve_jobs(params.jobs), progress)
+    todo = [Job(split, Path(p).stem, i, 0, str(p), media) for i, p in enumerate(paths)]
+    return _run(todo, params, resolve_jobs(jobs), progress)
 
 
-__all__ = ["Job", "frame_times", "letterbox", "decode_clip", "extract_one", "run_extract", "wav_bytes",
-           "read_manifest", "write_manifest", "summarise", "extract_clips", "fingerprint",
-           "MANIFEST_COLUMNS", "STATUSES", "WITH_FRAMES", "WITH_AUDIO"]
+__all__ = ["Job", "extract_clips", "extract_one", "fingerprint", "jobs_from_descriptor", "run_extract"]

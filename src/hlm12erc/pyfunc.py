@@ -57,7 +57,8 @@ class ErcPyfuncModel(mlflow.pyfunc.PythonModel):
         from hlm12erc.predict import Predictor
 
         config = dict(context.model_config or {})
-        extract = ExtractParams(**config.get("extract", {}))
+        known = ExtractParams.__dataclass_fields__  # a model registered before `jobs` moved to runtime has it
+        extract = ExtractParams(**{k: v for k, v in config.get("extract", {}).items() if k in known})
         self.predictor = Predictor.load(context.artifacts[ARTIFACT_KEY], extract,
                                         device=config.get("device", "cpu"))
 

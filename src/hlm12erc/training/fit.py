@@ -158,7 +158,7 @@ def fit(model: ErcModel, train: pd.DataFrame, valid: pd.DataFrame, train_feature
         else:
             histories += fit_encoders(model, train, valid, params, device, on_epoch, progress)
     if model.config.head is not None:
-        set_cpu_threads(params.train.threads)
+        set_cpu_threads(params.runtime.threads)
         seed_everything(params.train.seed)
         histories += _fit_head(model, train, valid, train_features, valid_features, params, device, on_epoch,
                                progress, views or {})
@@ -173,7 +173,7 @@ def _fit_head(model: ErcModel, train: pd.DataFrame, valid: pd.DataFrame, train_f
     config, labels = model.config.head, model.labels
     train_arrays, train_mask = feature_arrays(model, train, train_features)
     valid_arrays, valid_mask = feature_arrays(model, valid, valid_features)
-    eval_batch = params.train.eval_batch_size
+    eval_batch = params.runtime.eval_batch_size
     train_inputs = head_inputs(train, train_arrays, train_mask, config)
     y = label_ids(train, labels, f"{objective.train_table} table")
     valid_views = valid_logits = None
