@@ -99,7 +99,7 @@ def main() -> int:
         print(json.dumps(child(json.loads(args.child))))
         return 0
     if not (Path(args.tables) / "train.csv").exists():
-        print(f"{args.tables}/train.csv not found; run `dvc repro tabulate` (or pass --tables)", file=sys.stderr)
+        print(f"{args.tables}/train.csv not found; run `dvc repro tables` (or pass --tables)", file=sys.stderr)
         return 2
     utterances = 2 if args.quick else args.utterances
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}

@@ -33,7 +33,7 @@ import pandas as pd
 import yaml
 
 from hlm12erc import media
-from hlm12erc.config import MELD_LABELS, DataParams, ExtractParams, TabulateParams
+from hlm12erc.config import MELD_LABELS, DataParams, ExtractParams, TablesParams
 from hlm12erc.data import demo, sources, tables
 from hlm12erc.data.meld import load_table, normalize_text, read_meld_csv
 from hlm12erc.pages import Evaluated, build_pages
@@ -50,7 +50,7 @@ def demo_test_table(work: Path, jobs: int) -> Path:
     demo.generate(raw, seed=7, dialogues={"train": 3, "dev": 1, "test": 14}, jobs=jobs)
     descriptor = {"source": "demo", **sources.detect_layout(raw)}
     manifest, _ = media.run_extract(descriptor, work / "media", ExtractParams(jobs=jobs), progress=False)
-    built = tables.build_tables(descriptor, manifest, DataParams(), TabulateParams(), MELD_LABELS,
+    built = tables.build_tables(descriptor, manifest, DataParams(), TablesParams(), MELD_LABELS,
                                 media_dir=work / "media", table_dir=work / "tables")
     tables.write_tables(built, work / "tables")
     return work / "tables" / "test.csv"

@@ -136,7 +136,7 @@ def erc_mlflow_uri(tmp_path, monkeypatch) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Data-half fixtures (sources / demo / media / tabulate tests): a tiny generated demo corpus in
+# Data-half fixtures (sources / demo / media / tables tests): a tiny generated demo corpus in
 # MELD.Raw's tarball shape, and its extracted media. Session-scoped: generated once per run.
 # ---------------------------------------------------------------------------------------------
 

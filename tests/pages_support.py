@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hlm12erc.config import MELD_LABELS, DataParams, TabulateParams
+from hlm12erc.config import MELD_LABELS, DataParams, TablesParams
 from hlm12erc.data import tables
 
 
 def write_demo_tables(descriptor: dict, manifest: pd.DataFrame, media_dir: Path, table_dir: Path) -> Path:
     """The demo corpus's 1NF tables in ``table_dir`` (media paths relative to it); returns test.csv."""
-    built = tables.build_tables(descriptor, manifest, DataParams(), TabulateParams(), MELD_LABELS,
+    built = tables.build_tables(descriptor, manifest, DataParams(), TablesParams(), MELD_LABELS,
                                 media_dir=media_dir, table_dir=table_dir)
     tables.write_tables(built, table_dir)
     return table_dir / "test.csv"

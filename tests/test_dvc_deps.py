@@ -174,7 +174,7 @@ def _problems(stage: str, script: Path, deps: list[str]) -> list[str]:
 
 def test_every_stage_depends_on_exactly_the_modules_it_imports() -> None:
     stages = _stage_scripts()
-    assert {"download", "extract", "tabulate", "featurize", "train", "evaluate", "report"} <= set(stages)
+    assert {"download", "extract", "tables", "featurize", "train", "evaluate", "report"} <= set(stages)
     problems = [p for name, (script, deps) in stages.items() for p in _problems(name, script, deps)]
     assert not problems, "\n".join(problems) + "\n(run `python tests/test_dvc_deps.py` for the derived lists)"
 
@@ -225,6 +225,21 @@ def test_pages_lists_the_predictions_and_metrics_of_exactly_the_objectives_in_pa
         [f"plots/{name}/predictions.csv" for name in names]
     assert [d for d in deps if re.fullmatch(r"metrics/[^/]+\.json", d)] == [f"metrics/{name}.json" for name in names]
     assert {"data/tables", "data/media", "metrics/objectives.csv"} <= set(deps)
+
+
+def test_no_stage_script_shadows_an_installed_module() -> None:
+    """``python pipeline/X.py`` puts pipeline/ first on sys.path, so a script named like an installed
+    module (``tabulate.py`` hid the ``tabulate`` package that torch imports) breaks the stage's imports."""
+    import importlib.util
+
+    pipeline_dir = str(ROOT / "pipeline")
+    saved = sys.path[:]
+    sys.path[:] = [p for p in sys.path if p not in ("", ".", pipeline_dir, str(ROOT))]
+    try:
+        shadowing = sorted(s.stem for s in (ROOT / "pipeline").glob("*.py") if importlib.util.find_spec(s.stem))
+    finally:
+        sys.path[:] = saved
+    assert shadowing == [], f"pipeline scripts named like installed modules: {shadowing}; rename them"
 
 
 if __name__ == "__main__":

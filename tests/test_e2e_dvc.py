@@ -105,7 +105,7 @@ def test_second_repro_is_up_to_date(demo_clone: Path) -> None:
 @pytest.mark.slow
 def test_dag_shows_the_chain(demo_clone: Path) -> None:
     dot = _dvc(demo_clone, "dag", "--dot").stdout.replace('"', "").replace(" ", "")
-    chain = ["download", "extract", "tabulate", "featurize", "train@final", "evaluate@final", "report", "pages"]
+    chain = ["download", "extract", "tables", "featurize", "train@final", "evaluate@final", "report", "pages"]
     for source, target in zip(chain, chain[1:]):
         assert f"{source}->{target}" in dot, (source, target)
 

@@ -46,14 +46,14 @@ def _params_file(tmp_path: Path, **sections) -> Path:
     return path
 
 
-def _tabulate(tmp_path: Path, capsys, params: Path | None = None) -> tuple[int, str]:
-    code = _script("tabulate").main(["--params", str(params or ROOT / "params.yaml"), "--raw", str(tmp_path / "raw"),
+def _tables(tmp_path: Path, capsys, params: Path | None = None) -> tuple[int, str]:
+    code = _script("tables").main(["--params", str(params or ROOT / "params.yaml"), "--raw", str(tmp_path / "raw"),
                                         "--media", str(tmp_path / "media"), "--out", str(tmp_path / "tables")])
     return code, _one_line(capsys) if code else ""
 
 
 def _csv_only(tmp_path: Path, files: dict[str, bytes]) -> None:
-    """A CSV-only MELD folder + its descriptor + an empty manifest, ready for the tabulate stage."""
+    """A CSV-only MELD folder + its descriptor + an empty manifest, ready for the tables stage."""
     from hlm12erc import media_manifest
 
     meld = tmp_path / "meld"
@@ -125,34 +125,34 @@ def test_no_stage_tracks_a_runtime_setting() -> None:
 def test_csv_bytes_neither_utf8_nor_cp1252(tmp_path, capsys) -> None:
     bad = HEADER.encode() + b"1,Hello \x81 there,Ross,joy,positive,0,0,1,1,0,0\n"
     _csv_only(tmp_path, {"train_sent_emo.csv": bad + GOOD_TRAIN[len(HEADER):], "dev_sent_emo.csv": GOOD_TRAIN})
-    code, line = _tabulate(tmp_path, capsys)
+    code, line = _tables(tmp_path, capsys)
     assert code == 2
-    assert line.startswith("tabulate: ") and "train_sent_emo.csv: byte 0x81 on line 2 is neither UTF-8 nor cp1252; " \
+    assert line.startswith("tables: ") and "train_sent_emo.csv: byte 0x81 on line 2 is neither UTF-8 nor cp1252; " \
         "re-save the file as UTF-8" in line
 
 
 def test_csv_with_a_blank_dialogue_id(tmp_path, capsys) -> None:
     bad = (HEADER + _rows(2, "0") + "3,Where is it?,Joey,fear,negative,,2,1,1,0,0\n").encode()
     _csv_only(tmp_path, {"train_sent_emo.csv": GOOD_TRAIN, "dev_sent_emo.csv": bad})
-    code, line = _tabulate(tmp_path, capsys)
+    code, line = _tables(tmp_path, capsys)
     assert code == 2
     assert "dev_sent_emo.csv: row 3 has blank Dialogue_ID; it must be a whole number (fix or delete that row)" in line
 
 
-def test_csv_with_a_header_only_is_refused_at_tabulate(tmp_path, capsys) -> None:
+def test_csv_with_a_header_only_is_refused_at_tables(tmp_path, capsys) -> None:
     _csv_only(tmp_path, {"train_sent_emo.csv": GOOD_TRAIN, "dev_sent_emo.csv": HEADER.encode()})
-    code, line = _tabulate(tmp_path, capsys)
+    code, line = _tables(tmp_path, capsys)
     assert code == 2
     assert "dev_sent_emo.csv: has a header but no rows" in line
     assert not (tmp_path / "tables").exists()
 
 
-def test_an_empty_split_is_refused_at_tabulate(tmp_path, capsys) -> None:
+def test_an_empty_split_is_refused_at_tables(tmp_path, capsys) -> None:
     """One train dialogue and no test CSV: holding out valid would leave train empty."""
     _csv_only(tmp_path, {"train_sent_emo.csv": (HEADER + _rows(3, "0")).encode(), "dev_sent_emo.csv": GOOD_TRAIN})
-    code, line = _tabulate(tmp_path, capsys)
+    code, line = _tables(tmp_path, capsys)
     assert code == 2
-    assert line == "tabulate: the train split would be empty (from train); every split needs rows: hold-out of " \
+    assert line == "tables: the train split would be empty (from train); every split needs rows: hold-out of " \
         "train dialogues: add dialogues to train_sent_emo.csv or change data.valid_fraction", line
 
 

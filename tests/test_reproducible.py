@@ -1,7 +1,7 @@
 """Byte-reproducible data stages: same inputs and params, same bytes, in any folder and after a checkout.
 
 Fast tests pin the causes one by one (wav header, content fingerprints, relative descriptor,
-workers dying with a killed stage); the slow one runs download -> extract -> tabulate in two
+workers dying with a killed stage); the slow one runs download -> extract -> tables in two
 folders and compares their dvc.lock entries.
 """
 
@@ -146,14 +146,14 @@ def _repro(repo: Path, *args: str) -> str:
 
 @pytest.mark.slow
 def test_two_folders_give_identical_dvc_lock_entries_for_the_data_stages(tmp_path) -> None:
-    """download -> extract -> tabulate in two differently named folders: the same dvc.lock entries."""
-    stages = ("download", "extract", "tabulate")
+    """download -> extract -> tables in two differently named folders: the same dvc.lock entries."""
+    stages = ("download", "extract", "tables")
     one, two = _clone(tmp_path / "first"), _clone(tmp_path / "second-checkout")
     for repo in (one, two):
-        _repro(repo, "tabulate")
+        _repro(repo, "tables")
     locks = [yaml.safe_load((repo / "dvc.lock").read_text())["stages"] for repo in (one, two)]
     for stage in stages:
         assert locks[0][stage] == locks[1][stage], stage
     assert str(tmp_path) not in (one / "data" / "raw" / "meld.json").read_text()
-    again = _repro(one, "tabulate")
+    again = _repro(one, "tables")
     assert "Running stage" not in again, again

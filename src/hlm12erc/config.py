@@ -88,7 +88,7 @@ class ExtractParams:
 
 
 @section
-class TabulateParams:
+class TablesParams:
     sample_size: PositiveInt = 70
     seed: Int = 42
 
@@ -232,7 +232,7 @@ class Params:
     model: Str = "final"  # the headline objective: a key of objectives
     data: DataParams = field(default_factory=DataParams)
     extract: ExtractParams = field(default_factory=ExtractParams)
-    tabulate: TabulateParams = field(default_factory=TabulateParams)
+    tables: TablesParams = field(default_factory=TablesParams)
     features: FeatureParams = field(default_factory=FeatureParams)
     train: TrainParams = field(default_factory=TrainParams)
     text_encoder: TextEncoderParams = field(default_factory=TextEncoderParams)
@@ -240,7 +240,7 @@ class Params:
     objectives: dict[Str, ObjectiveConfig] = field(default_factory=dict)
     runtime: RuntimeParams = field(default_factory=RuntimeParams)
 
-    _empty = field_validator("data", "extract", "tabulate", "features", "train", "text_encoder", "runtime",
+    _empty = field_validator("data", "extract", "tables", "features", "train", "text_encoder", "runtime",
                              mode="before")(empty_section)
 
     @field_validator("objectives", mode="before")

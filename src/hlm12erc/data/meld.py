@@ -166,7 +166,7 @@ def load_table(path: str | Path, labels: Sequence[str] | None = None) -> pd.Data
     """Read a 1NF table; media paths come back absolute; labels are checked when given."""
     path = Path(path)
     if not path.exists():
-        raise DataError(f"{path}: table not found; run `dvc repro tabulate` first")
+        raise DataError(f"{path}: table not found; run `dvc repro tables` first")
     table = pd.read_csv(path, dtype={"x_visual": str, "x_audio": str, "speaker": str,
                                      "x_text": str, "x_text_raw": str}, keep_default_na=False)
     missing = [c for c in ("split", "dialogue", "sequence", "speaker", "x_text", "label")
@@ -184,7 +184,7 @@ def load_table(path: str | Path, labels: Sequence[str] | None = None) -> pd.Data
 def to_table(meld: pd.DataFrame, split: str, source_split: str) -> pd.DataFrame:
     """MELD CSV rows -> 1NF table rows (media columns empty, status ``text_only``).
 
-    The extract/tabulate stages fill ``x_visual``/``x_audio``/``media_status`` from the manifest.
+    The extract/tables stages fill ``x_visual``/``x_audio``/``media_status`` from the manifest.
     """
     table = pd.DataFrame({
         "split": split,

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hlm12erc.config import DataParams, TabulateParams
+from hlm12erc.config import DataParams, TablesParams
 from hlm12erc.data import meld
 from hlm12erc.data.meld import DataError
 
@@ -106,7 +106,7 @@ def stratified_sample(table: pd.DataFrame, size: int, seed: int, labels: Sequenc
 
 
 def build_tables(descriptor: dict[str, Any], manifest: pd.DataFrame | None, data: DataParams,
-                 tabulate: TabulateParams, labels: Sequence[str],
+                 settings: TablesParams, labels: Sequence[str],
                  media_dir: str | os.PathLike[str] = "data/media",
                  table_dir: str | os.PathLike[str] = "data/tables") -> dict[str, pd.DataFrame]:
     """``{"train", "valid", "test", "sample"}`` -> 1NF tables (:data:`meld.TABLE_COLUMNS`)."""
@@ -134,7 +134,7 @@ def build_tables(descriptor: dict[str, Any], manifest: pd.DataFrame | None, data
             fix = ("hold-out of train dialogues: add dialogues to train_sent_emo.csv or change data.valid_fraction"
                    if held_out else f"check {descriptor['splits'][source]['csv']}")
             raise DataError(f"the {name} split would be empty (from {source}); every split needs rows: {fix}")
-    tables["sample"] = stratified_sample(tables["train"], tabulate.sample_size, tabulate.seed, labels)
+    tables["sample"] = stratified_sample(tables["train"], settings.sample_size, settings.seed, labels)
     return tables
 
 

@@ -59,7 +59,7 @@ def featurize_tables(tables_dir: str | Path, out_dir: str | Path, params: Featur
     tables_dir, out_dir = Path(tables_dir), Path(out_dir)
     present = [s for s in TABLE_SPLITS if (tables_dir / f"{s}.csv").exists()]
     if "train" not in present:
-        raise FileNotFoundError(f"{tables_dir}/train.csv not found; run `dvc repro tabulate` first")
+        raise FileNotFoundError(f"{tables_dir}/train.csv not found; run `dvc repro tables` first")
     featurizer = Featurizer(params)
     results = {}
     for split in present:

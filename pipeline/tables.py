@@ -1,6 +1,6 @@
-"""Stage `tabulate`: descriptor + media manifest -> data/tables/{train,valid,test,sample}.csv.
+"""Stage `tables`: descriptor + media manifest -> data/tables/{train,valid,test,sample}.csv.
 
-    python pipeline/tabulate.py --params params.yaml --raw data/raw --media data/media --out data/tables
+    python pipeline/tables.py --params params.yaml --raw data/raw --media data/media --out data/tables
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ def main(argv: list[str] | None = None) -> int:
         desc = sources.read_descriptor(args.raw)
         manifest = media_manifest.read_manifest(args.media)
         plan = tables.split_plan(desc)
-        built = tables.build_tables(desc, manifest, params.data, params.tabulate, params.labels,
+        built = tables.build_tables(desc, manifest, params.data, params.tables, params.labels,
                                     media_dir=args.media, table_dir=args.out)
         tables.write_tables(built, args.out)
     except (ConfigError, DataError, OSError) as exc:
-        print(f"tabulate: {exc}", file=sys.stderr)
+        print(f"tables: {exc}", file=sys.stderr)
         return 2
     print(sources.describe(desc))
     print(tables.describe_plan(plan, params.data))

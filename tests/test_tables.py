@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from hlm12erc.config import MELD_LABELS, DataParams, TabulateParams
+from hlm12erc.config import MELD_LABELS, DataParams, TablesParams
 from hlm12erc.data import meld, sources, tables
 from hlm12erc.data.meld import DataError
 
@@ -19,7 +19,7 @@ MELD_TEXT = Path("/work/shared/meld-text")
 
 
 def _build(descriptor, manifest, media_dir, table_dir, **tab):
-    return tables.build_tables(descriptor, manifest, DataParams(), TabulateParams(**tab), MELD_LABELS,
+    return tables.build_tables(descriptor, manifest, DataParams(), TablesParams(**tab), MELD_LABELS,
                                media_dir=media_dir, table_dir=table_dir)
 
 
@@ -99,10 +99,10 @@ def test_label_outside_set_names_the_row(data_demo_corpus, tmp_path):
         _build(descriptor, None, tmp_path / "media", tmp_path / "tables")
 
 
-def test_tabulate_cli_without_manifest(tmp_path):
+def test_tables_cli_without_manifest(tmp_path):
     (tmp_path / "raw").mkdir()
     shutil.copy(ROOT / "params.yaml", tmp_path / "raw" / "unrelated.yaml")  # no meld.json, no manifest
-    proc = subprocess.run([sys.executable, str(ROOT / "pipeline" / "tabulate.py"),
+    proc = subprocess.run([sys.executable, str(ROOT / "pipeline" / "tables.py"),
                            "--params", str(ROOT / "params.yaml"),
                            "--raw", str(tmp_path / "raw"), "--media", str(tmp_path / "media"),
                            "--out", str(tmp_path / "tables")], cwd=ROOT, capture_output=True, text=True, timeout=120)
