@@ -1,28 +1,22 @@
-"""Benchmark: the fine-tuned text model and the headline model with dialogue context on real MELD text.
+"""Benchmark: the fine-tuned text encoders and the heads on them, on real MELD text.
 
-Protocol (the pipeline's, for a folder with only MELD's train and dev CSVs): a seeded 10 % of
-train *dialogues* (seed 42) is held out as valid and selects every model; dev is the test split
-and is only reported. Audio and video are absent: the multimodal heads see them masked.
+Protocol (the pipeline's for a folder with MELD's train and dev CSVs only): a seeded 10 % of train
+dialogues (seed 42) is valid and selects every model; dev is only reported; audio and video are
+absent (masked). Per seed, the ``text_encoder`` params' encoders are fine-tuned once with the
+library's ``fit`` (member k of seed s is the single encoder of seed s + k, cached once under
+--out/seed<N>/), then every variant of ``final`` in VARIANTS is fitted on their vectors.
 
-Per seed, the ``text_encoder`` params' encoders are fine-tuned once (the library's ``fit``), then
-every head variant is fitted on their vectors. With ``text_encoder.members`` = K, seed s's
-ensemble is the single encoders of seeds s .. s+K-1 (the library seeds member k with s + k), each
-cached once under --out/seed<N>/. Rows: majority class; ``text_finetune`` (the encoders' own
-classifiers, averaged); ``final`` with dialogue context none, past or bidirectional, and ablations.
-
-Columns (mean over the seeds): dev weighted-F1, its dialogue-bootstrap 95 % range and the paired
+Columns, mean over the seeds: dev weighted-F1, its dialogue-bootstrap 95 % range and the paired
 difference to ``text_finetune`` of the same settings and seeds, macro-F1, per-class F1, the valid
 weighted-F1 that selected the row, the encoder and the precision that ran, encoder s/step (epoch
 seconds, valid scoring included, over its optimiser steps), minutes (fine-tunes + head) and peak
 RSS (this process's peak when the row was done, or its encoders' fine-tune, the larger).
 
-Usage (from the repo root):
   .venv/bin/python benchmarks/meld_erc.py --out /tmp/meld_erc --seeds 42 43
   ... --quick                        # a few hundred rows, 1 epoch: a smoke run in minutes
   ... --set text_encoder.precision=bf16 --set text_encoder.encoder=mpnet   # any params.yaml key (repeatable)
   ... --also /tmp/meld_erc_default   # that run's rows join this run's table (one page for several settings)
-Encoders and their text views are cached under --out/seed<N>/, so a second run only fits heads;
-a folder trained with other text_encoder params is refused (use another --out).
+A second run on the same --out only fits heads; one with other text_encoder params is refused.
 """
 
 from __future__ import annotations
@@ -335,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = common.merged(QUICK, overrides)
     params = common.params_with(overrides)
     setting = " ".join(args.overrides) or "params.yaml"
+    setting += " (--quick)" if args.quick else ""
     earlier = [json.loads((d / "results.json").read_text(encoding="utf-8")) for d in args.also]
     if any(e["quick"] != args.quick for e in earlier):
         raise SystemExit("error: --also names a run with another --quick setting (another dev subset); drop it")

@@ -1,23 +1,18 @@
 """Predict latency of a conversation: the ``hlm12erc predict`` CLI cold, and the library's Predictor warm.
 
     python benchmarks/pipeline_throughput.py [--quick] [--out DIR]
-        [--tables data/tables] [--media data/media] [--clips data/raw/MELD.Raw] [--model models/headline]
+        [--tables data/tables] [--clips data/raw/MELD.Raw] [--model models/headline]
 
-Inputs (the defaults are what ``make demo`` leaves in the repo): the 1NF tables (the conversation is
-their first ``--turns`` rows' speakers and texts, as one dialogue), a trained model folder, and a
-folder of ``.mp4`` clips (a MELD.Raw folder; with ``--media``'s manifest.csv only clips whose
-extraction was ``ok`` are used, otherwise every clip that has a video and an audio stream).
-Featurize throughput per encoder is ``benchmarks/featurize_encoders.py``'s page.
-
-The conversation is predicted text only and with one clip per turn:
-  * cold: the ``hlm12erc predict`` CLI in a subprocess, wall time from exec to exit (Python start,
-    imports, model + MiniLM load, clip decoding, one prediction), median of ``--cold-repeats``;
-  * warm: one fresh child process per setting with the library API: ``Predictor.load`` (load s), the
-    first ``predict`` (first s), one more discarded, then ``--repeats`` timed ``predict`` calls:
-    median and p90 seconds per conversation.
-Peak RSS is each process's peak resident set (imports and model loading included).
-
-``--quick``: 3 warm calls and one CLI cold start, with clips only; its page is not written to docs/.
+The inputs are what ``make demo`` leaves: the conversation is the tables' first ``--turns`` rows
+(speakers and texts, one dialogue), predicted text only and with one clip per turn (the first
+``.mp4`` files under ``--clips`` with a video and an audio stream), by a trained model folder.
+  * cold: ``hlm12erc predict`` in a subprocess, exec to exit (imports, model and MiniLM load, clip
+    decoding, one prediction), median of ``--cold-repeats``;
+  * warm: a fresh child process per setting: ``Predictor.load`` (load s), the first ``predict``
+    (first s), one more discarded, then the median and p90 of ``--repeats`` ``predict`` calls.
+Peak RSS is each process's own, imports and model loading included. Featurize throughput per
+encoder is ``benchmarks/featurize_encoders.py``'s page. ``--quick``: 3 warm calls, one cold start
+with clips only, and no page in docs/.
 """
 
 from __future__ import annotations
@@ -32,7 +27,7 @@ from pathlib import Path
 
 import common
 
-SETUP_HINT = "run `make demo` first (it builds data/ and models/headline), or pass --tables/--media/--clips/--model"
+SETUP_HINT = "run `make demo` first (it builds data/ and models/headline), or pass --tables/--clips/--model"
 LABELS = {"text": "text only", "clips": "with clips"}
 
 
@@ -44,8 +39,6 @@ def child(spec: dict) -> dict:
     from hlm12erc.predict import Predictor
     from hlm12erc.runtime import select_device
 
-    if spec["threads"] > 0:
-        torch.set_num_threads(spec["threads"])
     params = common.params_with(path=Path(spec["params"])) if spec["params"] else common.params_with()
     conversation = pd.DataFrame(spec["conversation"])
     with common.timed() as load:
@@ -87,32 +80,12 @@ def has_streams(path: Path) -> bool:
         return False
 
 
-def pick_clips(clips_root: Path, media: Path, count: int) -> list[Path]:
-    """``count`` decodable clips: the manifest's ``ok`` clips when it and a MELD layout exist, else any mp4."""
-    if not clips_root.is_dir():
-        raise SystemExit(f"error: clips folder {clips_root} not found; {SETUP_HINT}")
-    candidates: list[Path] = []
-    if (media / "manifest.csv").is_file():
-        try:
-            from hlm12erc.data.sources import detect_layout
-
-            layout = detect_layout(clips_root)
-            with open(media / "manifest.csv", newline="", encoding="utf-8") as handle:
-                for record in csv.DictReader(handle):
-                    folder = (layout["splits"].get(record.get("source_split", "")) or {}).get("clips")
-                    if record.get("status") == "ok" and folder:
-                        candidates.append(Path(folder) / f"{record['clip_id']}.mp4")
-        except Exception:  # noqa: BLE001 - not a MELD folder: fall back to every mp4
-            candidates = []
-    chosen = []
-    for path in candidates or sorted(clips_root.rglob("*.mp4")):
-        if path.is_file() and has_streams(path):
-            chosen.append(path.resolve())
-            if len(chosen) == count:
-                break
-    if not chosen:
+def pick_clips(clips_root: Path, count: int) -> list[Path]:
+    """``count`` clips (cycled): the first mp4 files under ``clips_root`` with a video and an audio stream."""
+    found = [p.resolve() for p in sorted(clips_root.rglob("*.mp4"))[:10 * count] if has_streams(p)][:count]
+    if not found:
         raise SystemExit(f"error: no readable .mp4 clip (video + audio) under {clips_root}; {SETUP_HINT}")
-    return [chosen[i % len(chosen)] for i in range(count)]
+    return [found[i % len(found)] for i in range(count)]
 
 
 def conversation(rows: list[dict], turns: int, clips: list[Path] | None) -> list[dict]:
@@ -143,8 +116,6 @@ def cold_starts(turns: list[dict], model: Path, params: str | None, times: int, 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tables", type=Path, default=common.REPO / "data" / "tables", help="folder of 1NF tables")
-    parser.add_argument("--media", type=Path, default=common.REPO / "data" / "media",
-                        help="extracted media folder (its manifest.csv picks the ok clips)")
     parser.add_argument("--clips", type=Path, default=common.REPO / "data" / "raw" / "MELD.Raw",
                         help="folder of .mp4 clips for the with-clips conversation (a MELD.Raw folder)")
     parser.add_argument("--model", type=Path, default=common.REPO / "models" / "headline", help="trained model folder")
@@ -152,7 +123,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--turns", type=int, default=10, help="turns of the predicted conversation")
     parser.add_argument("--repeats", type=int, default=None, help="warm predict calls per setting (20; quick 3)")
     parser.add_argument("--cold-repeats", type=int, default=None, help="CLI cold starts per setting (3; quick 1)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads in the warm children (0 = torch's)")
     parser.add_argument("--quick", action="store_true", help="smoke setting: 3 warm calls, one CLI cold start "
                                                              "(with clips only)")
     parser.add_argument("--out", type=Path, default=None, help="folder for results.json (all raw timings)")
@@ -166,14 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = read_rows(args.tables)
     if not (args.model / "config.json").is_file():
         raise SystemExit(f"error: no trained model in {args.model}; {SETUP_HINT}")
-    clips = pick_clips(args.clips, args.media, args.turns)
+    clips = pick_clips(args.clips, args.turns)
     results = []
     with tempfile.TemporaryDirectory(prefix="hlm12erc-bench-predict-") as work:
         for setting, turns in (("text", conversation(rows, args.turns, None)),
                                ("clips", conversation(rows, args.turns, clips))):
             common.log(f"warm Predictor, {LABELS[setting]}: {repeats} calls")
-            spec = {"model": str(args.model.resolve()), "params": args.params, "threads": args.threads,
-                    "conversation": turns, "repeats": repeats}
+            spec = {"model": str(args.model.resolve()), "params": args.params, "conversation": turns,
+                    "repeats": repeats}
             proc, _, peak = common.run_measured([sys.executable, __file__, "--child", json.dumps(spec)])
             if proc.returncode:
                 sys.stderr.write(proc.stderr[-4000:])

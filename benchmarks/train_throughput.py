@@ -1,22 +1,18 @@
 """Benchmark: text-encoder fine-tuning cost: s/step per encoder and precision, and samples/s at 1 and 2 processes.
 
-Steps, one fresh process per ``--encoders`` x ``--precisions`` setting (so its peak RSS is its own):
-the library's text encoder (``build_text_encoder(EncoderConfig(encoder, precision=...))``, whose
-forward autocasts to its precision), ``--batch`` dialogue-context pairs of the training rows cut
-to ``--tokens`` tokens, cross-entropy, AdamW; one warm-up step, then the median of ``--steps``
-forward + backward + optimiser steps, torch on every core. Per encoder, bf16 s/step over fp32
-s/step. An encoder whose wheels are missing is skipped with one line; a CPU without bf16 matmul
-units runs fp32 and the row says so.
+Steps, a fresh process (its own peak RSS) per ``--encoders`` x ``--precisions``: the library's text
+encoder (``build_text_encoder(EncoderConfig(encoder, precision=...))``: its forward autocasts),
+``--batch`` dialogue-context pairs of the training rows cut to ``--tokens`` tokens, cross-entropy,
+AdamW on every core; the median of ``--steps`` steps after one warm-up, and bf16 over fp32 per
+encoder. Missing wheels skip an encoder in one line; without bf16 units the row says it ran fp32.
 
-Processes, ``--nproc`` (none: skipped): ``torchrun --standalone --nproc_per_node=N`` on this file's
-worker, which fine-tunes one encoder (the ``text_encoder`` params of params.yaml) for one epoch on
-``--rows`` seeded training rows of whole dialogues; the cores are split between the ranks.
-samples/s = training rows / epoch seconds (scoring a 32-row valid set included); peak RSS per process.
+Processes (``--nproc``, none to skip): torchrun with N ranks splitting the cores, each fine-tuning
+one encoder (the ``text_encoder`` params) for one epoch on ``--rows`` seeded rows of whole
+dialogues; samples/s = rows / epoch seconds (a 32-row valid set scored), peak RSS per process.
 
-Usage (from the repo root; the training rows are MELD's train CSV in ../shared/meld-text if present):
   .venv/bin/python benchmarks/train_throughput.py --steps 3 --encoders minilm mpnet --precisions fp32 bf16
   .venv/bin/python benchmarks/train_throughput.py --encoders --nproc 1 2 --rows 512    # processes only
-  .venv/bin/python benchmarks/train_throughput.py --data data/tables                   # the demo's rows
+  .venv/bin/python benchmarks/train_throughput.py --data data/tables    # the demo's rows (default: MELD's)
 """
 
 from __future__ import annotations
