@@ -107,9 +107,10 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    load = "/".join(f"{v:.2f}" for v in os.getloadavg())
-    return (f"{os.cpu_count()} cores, {model}, load average {load} (1/5/15 min), torch {torch.__version__}, "
-            f"bf16 matmul units: {'yes' if cpu_has_bf16() else 'no'}")
+    load = os.getloadavg()
+    busy = " (busier than its cores: other jobs slowed every time here)" if load[1] > (os.cpu_count() or 1) else ""
+    return (f"{os.cpu_count()} cores, {model}, load average {'/'.join(f'{v:.2f}' for v in load)} (1/5/15 min){busy}, "
+            f"torch {torch.__version__}, bf16 matmul units: {'yes' if cpu_has_bf16() else 'no'}")
 
 
 def repo_relative(arg: str) -> str:

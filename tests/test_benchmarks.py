@@ -49,6 +49,7 @@ def test_write_page_holds_the_table_command_machine_and_date(tmp_path, monkeypat
     machine = re.search(r"Machine: (\d+) cores, (.+), load average ([\d.]+)/([\d.]+)/([\d.]+) .*torch (\S+), "
                         r"bf16 matmul units: (yes|no)", text)
     assert machine and int(machine.group(1)) == os.cpu_count()
+    assert ("busier than its cores" in text) == (float(machine.group(4)) > os.cpu_count())
     assert f"Date: {datetime.datetime.now(datetime.UTC).date().isoformat()} (UTC)" in text
     assert common.write_page("x.py", "t", table, smoke=True) is None  # a --quick run leaves docs/ alone
     assert not (common.PAGES / "x.md").exists()
