@@ -76,7 +76,8 @@ def child(spec: dict) -> dict:
             run(warm)  # the visual encoders are built by the first call
     if modality != "visual":
         run(warm)
-    seconds = sum(soundfile.info(p).duration for p in timed_rows["x_audio"]) if modality == "audio" else 0.0
+    seconds = sum(soundfile.info(p).duration for p in timed_rows["x_audio"] if Path(p).is_file()) \
+        if modality == "audio" else 0.0
     cpu = common.cpu_seconds()
     with common.timed() as timed:
         run(timed_rows)
