@@ -46,6 +46,8 @@ class Timer:
 
 
 @contextmanager
+
+
 def timed() -> Iterator[Timer]:
     """``with timed() as t: ...`` then ``t.seconds`` (wall clock, ``perf_counter``)."""
     timer, start = Timer(), time.perf_counter()
@@ -93,6 +95,7 @@ def run_measured(command: Sequence[str], env: dict[str, str] | None = None,
         result = subprocess.CompletedProcess(list(command), proc.returncode, out.read(), err.read())
     return result, seconds, _mib(usage.ru_maxrss)
 
+
 def machine() -> str:
     """Cores, CPU model, load average, torch version and whether the CPU has bf16 matmul units."""
     import torch
@@ -126,6 +129,7 @@ def command_line(argv: Sequence[str]) -> str:
     """``argv`` as a shell line, paths inside the repo made relative to it."""
     return shlex.join(["python", *(repo_relative(a) for a in argv)])
 
+
 def write_page(script: str, title: str, table_md: str, notes: str = "", folder: Path | None = None,
                argv: Sequence[str] | None = None, smoke: bool = False) -> Path | None:
     """Print ``table_md`` and write it to ``<folder>/<script stem>.md`` (default ``$HLM12ERC_BENCH_PAGES`` or
@@ -148,6 +152,7 @@ def write_page(script: str, title: str, table_md: str, notes: str = "", folder: 
     log(f"wrote {page}")
     return page
 
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "") -> str:
     """A markdown table; ``align`` has one letter per column (l or r, default: first l, the rest r)."""
     align = align or "l" + "r" * (len(header) - 1)
@@ -157,6 +162,8 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: 
 
 
 # ----------------------------------------------------------------------------- params
+
+
 def merged(base: dict, over: dict) -> dict:
     """``over`` merged into ``base``, mappings key by key."""
     return {**base, **{k: merged(base.get(k) or {}, v) if isinstance(v, dict) else v for k, v in over.items()}}
