@@ -10,7 +10,8 @@ temp dir, then times, for each job count:
              pool of ``jobs`` workers (ffmpeg from PATH, else the imageio-ffmpeg binary);
 * ``decode`` bare PyAV decode of every video and audio frame, no output (the ceiling).
 
-Prints a markdown table: method, jobs, clips/s, per-core clips/s, speed-up vs naive.
+Frames, size and wav rate are the ``extract`` params of params.yaml. Writes a markdown table:
+method, jobs, clips/s, per-core clips/s, speed-up vs naive.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
+
+import common
 
 from hlm12erc import media, media_decode
 from hlm12erc.config import ExtractParams
@@ -48,7 +50,7 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-def naive_clip(ffmpeg: str, clip: Path, out: Path, params: ExtractParams) -> None:
+def naive_clip(ffmpeg: str, clip: Path, out: Path, params) -> None:
     """What a notebook does: one ffmpeg call per frame (input seek) and one for the wav."""
     import av
 
@@ -75,12 +77,6 @@ def bare_decode(path: str) -> int:
     return n
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=24)
@@ -90,40 +86,41 @@ def main() -> None:
     work = Path(args.keep or tempfile.mkdtemp(prefix="hlm12erc-bench-"))
     clips_dir = work / "clips"
     clips_dir.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    with ProcessPoolExecutor(max(args.jobs)) as pool:
+    with common.timed() as made, ProcessPoolExecutor(max(args.jobs)) as pool:
         clips = list(pool.map(make_clip, [(str(clips_dir / f"dia{i}_utt0.mp4"), i) for i in range(args.clips)]))
-    print(f"generated {len(clips)} clips (1280x720, ~3 s, 48 kHz stereo AAC) in {time.perf_counter() - start:.1f}s",
-          file=sys.stderr)
+    common.log(f"generated {len(clips)} clips (1280x720, ~3 s, 48 kHz stereo AAC) in {made.seconds:.1f}s")
     ffmpeg = ffmpeg_exe()
     rows = []
     for jobs in args.jobs:
         params = ExtractParams(frame_size=112)
         out = work / f"pyav-{jobs}"
         shutil.rmtree(out, ignore_errors=True)
-        t_pyav = timed(lambda out=out, params=params, jobs=jobs: media.extract_clips(clips, out, params, jobs=jobs))
+        t_pyav = common.seconds_of(
+            lambda out=out, params=params, jobs=jobs: media.extract_clips(clips, out, params, jobs=jobs))
         out = work / f"naive-{jobs}"
         shutil.rmtree(out, ignore_errors=True)
         with ThreadPoolExecutor(jobs) as pool:
-            def naive(c: str, out: Path = out, params: ExtractParams = params) -> None:
+            def naive(c: str, out: Path = out, params=params) -> None:
                 naive_clip(ffmpeg, Path(c), out / Path(c).stem, params)
 
-            t_naive = timed(lambda pool=pool, naive=naive: list(pool.map(naive, clips)))
+            t_naive = common.seconds_of(lambda pool=pool, naive=naive: list(pool.map(naive, clips)))
         if jobs == 1:
-            t_decode = timed(lambda: [bare_decode(c) for c in clips])
+            t_decode = common.seconds_of(lambda: [bare_decode(c) for c in clips])
         else:
             with ProcessPoolExecutor(jobs) as pool:
-                t_decode = timed(lambda: list(pool.map(bare_decode, clips)))
+                t_decode = common.seconds_of(lambda: list(pool.map(bare_decode, clips)))
         naive_rate = len(clips) / t_naive
         for name, seconds in (("naive ffmpeg subprocesses", t_naive), ("pyav (hlm12erc.media)", t_pyav),
                               ("bare PyAV decode (ceiling)", t_decode)):
             rate = len(clips) / seconds
             rows.append((name, jobs, rate, rate / jobs, rate / naive_rate))
-    print(f"\n{len(clips)} clips, K=3 frames at 112x112 + 16 kHz mono wav per clip\n")
-    print("| method | jobs | clips/s | per-core clips/s | speed-up vs naive |")
-    print("|---|---:|---:|---:|---:|")
-    for name, jobs, rate, per_core, speedup in rows:
-        print(f"| {name} | {jobs} | {rate:.1f} | {per_core:.1f} | {speedup:.2f}x |")
+    table = common.markdown_table(["method", "jobs", "clips/s", "per-core clips/s", "speed-up vs naive"],
+                                  [[name, jobs, f"{rate:.1f}", f"{per_core:.1f}", f"{speedup:.2f}x"]
+                                   for name, jobs, rate, per_core, speedup in rows])
+    size = params.frame_size
+    notes = (f"{len(clips)} generated clips; per clip {params.frames} frames at {size}x{size} and a "
+             f"{params.sample_rate} Hz mono wav (the extract params of params.yaml).")
+    common.write_page(__file__, "Extract throughput", table, notes)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -1,7 +1,7 @@
 """The error-analysis page at MELD's test size: write time, size, first render and filter times in headless Chromium.
 
     python benchmarks/pages_render.py [--turns 2610] [--dialogues 280] [--objectives 10] [--loads 3]
-                                      [--out docs/benchmarks/pages_render.md] [--screenshot docs/pages.png]
+                                      [--screenshot docs/pages.png]
     python benchmarks/pages_render.py --screenshot-only reports/final/index.html   # after `make demo`
 
 Builds the demo corpus (real H.264/AAC clips, extracted to frames and wavs by the extract stage's code),
@@ -12,15 +12,13 @@ opens one page ``--loads`` times in headless Chromium (Debian's, driven by Selen
 
 First render: navigation start to the end of the page's script (every dialogue in the DOM, filters wired:
 ``window.__renderMs``) and to the load event. Filters: the time of one click including style and layout.
-Writes its own markdown page (``--out``) with the command, the machine and the date.
+Writes its own page under docs/benchmarks/ (``common.write_page``: the command, the machine and the date).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -28,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import common
 import numpy as np
 import pandas as pd
 import yaml
@@ -153,26 +152,6 @@ def screenshot(page: Path, out: Path) -> None:
         driver.quit()
 
 
-def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor() or "unknown CPU")
-    load1, load5, _ = os.getloadavg()
-    return f"{os.cpu_count()} cores, {model}, load average {load1:.2f} / {load5:.2f} (1 / 5 min)"
-
-
-def write_markdown(path: Path, command: str, rows: list[tuple[str, str, str]], filters: dict[str, float],
-                   notes: list[str]) -> None:
-    lines = ["# Error-analysis page: size and first render", "",
-             "Written by `benchmarks/pages_render.py`; rerun it to refresh this page.", "",
-             f"- command: `{command}`", f"- machine: {machine()}", f"- date: {datetime.date.today().isoformat()}",
-             *[f"- {n}" for n in notes], "", "| measure | value | target |", "|---|---:|---:|",
-             *[f"| {a} | {b} | {c} |" for a, b, c in rows], "",
-             "| filter click (handler + style + layout) | ms |", "|---|---:|",
-             *[f"| {name} | {ms:.0f} |" for name, ms in filters.items()], ""]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines), encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--turns", type=int, default=2610)
@@ -180,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--objectives", type=int, default=10, help="pages written (each holds the others' labels)")
     parser.add_argument("--loads", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "pages_render.md"))
+    parser.add_argument("--out", default=None, help="folder of the page (default docs/benchmarks)")
     parser.add_argument("--screenshot", default=str(ROOT / "docs" / "pages.png"), help="'' for none")
     parser.add_argument("--screenshot-only", default=None, metavar="PAGE", help="only screenshot PAGE to --screenshot")
     parser.add_argument("--keep", default=None, help="build in this folder and keep it")
@@ -201,9 +180,9 @@ def main(argv: list[str] | None = None) -> int:
             predictions(table, work / "plots" / name / "predictions.csv", seed)
         objectives = [Evaluated(n, work / "plots" / n / "predictions.csv", None, ("text", "audio", "visual"))
                       for n in names]
-        start = time.perf_counter()
-        written, _ = build_pages(test, objectives, work / "reports", MELD_LABELS, reference=shown)
-        write_s = time.perf_counter() - start
+        with common.timed() as writing:
+            written, _ = build_pages(test, objectives, work / "reports", MELD_LABELS, reference=shown)
+        write_s = writing.seconds
         page = work / "reports" / shown / "index.html"
         size_mb = page.stat().st_size / 1e6
         html = page.read_text(encoding="utf-8")
@@ -229,9 +208,12 @@ def main(argv: list[str] | None = None) -> int:
                  + (", texts/speakers/labels from MELD dev" if MELD_DEV.is_file() else "")
                  + f"; {args.objectives} objectives with seeded predictions; Chromium headless, 1280x1400 window",
                  f"audio: {'embedded' if 'data:audio/wav' in html else 'linked to the wav files (over the budget)'}"]
-        command = " ".join(["python benchmarks/pages_render.py", *(sys.argv[1:] if argv is None else argv)])
-        write_markdown(Path(args.out), command, rows, filters, notes)
-        print(Path(args.out).read_text())
+        table_md = (common.markdown_table(("measure", "value", "target"), rows) + "\n\n"
+                    + common.markdown_table(("filter click (handler + style + layout)", "ms"),
+                                            [(name, f"{ms:.0f}") for name, ms in filters.items()]))
+        common.write_page(__file__, "Error-analysis page: size and first render", table_md,
+                          "\n".join(f"- {n}" for n in notes), folder=Path(args.out) if args.out else None, argv=argv
+                          and ["benchmarks/pages_render.py", *argv])
         if args.screenshot:
             screenshot(page, Path(args.screenshot))
             print(f"wrote {args.screenshot}")
