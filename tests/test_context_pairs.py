@@ -25,8 +25,6 @@ from hlm12erc.training.tasks import bucketed_batches  # noqa: E402
 CPU = torch.device("cpu")
 
 
-
-
 def decode(tokenizer, ids):
     return tokenizer.decode(ids)
 

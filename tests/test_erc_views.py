@@ -31,11 +31,6 @@ from hlm12erc.training.fit import fit, new_model  # noqa: E402
 CPU = torch.device("cpu")
 
 
-
-
-
-
-
 # ----------------------------------------------------------------------------- views and windows
 @pytest.fixture(scope="module")
 def data():

@@ -29,11 +29,6 @@ from hlm12erc.training.tasks import label_ids  # noqa: E402
 CPU = torch.device("cpu")
 
 
-
-
-
-
-
 # ----------------------------------------------------------------------------- training
 def test_training_reduces_loss_and_writes_checkpoint(tmp_path, tiny_model_dir):
     train, valid = make_table(4, 8, seed=1), make_table(2, 6, "valid", seed=2)
