@@ -7,12 +7,9 @@ The descriptor ``meld.json`` is the only thing later stages read::
      "splits": {"train": {"csv": "train_sent_emo.csv", "clips": "train_splits" | null},
                 "dev": {...}, "test": {...}}}          # test may be absent
 
-No absolute path is written (``root`` is relative to ``data/raw`` for demo/kaggle, or
-``data.local_path`` as given; split paths are relative to ``root``), so the same source gives the
-same bytes in any checkout; :func:`read_descriptor` hands back absolute paths.
-
-``demo`` and ``kaggle`` write their files under the output folder; ``local`` only points at
-the user's folder (it can be 10 GB). Layouts recognised anywhere up to a few levels deep:
+No absolute path is written, so the same source gives the same bytes in any checkout.
+``demo`` and ``kaggle`` write under the output folder; ``local`` only points at the user's folder
+(it can be 10 GB). Layouts recognised up to a few levels deep:
 
 * tarball: ``train_splits/``, ``dev_splits_complete/``, ``output_repeated_splits_test/`` + CSVs
 * kaggle:  the same folders inside ``train/``, ``dev/``, ``test/`` (``MELD-RAW/MELD.Raw/...``)
@@ -50,8 +47,6 @@ KAGGLE_HELP = (
 class SourceError(DataError):
     """The data source cannot be used; the message says why and how to fix it."""
 
-
-# ----------------------------------------------------------------------------- layout
 
 def detect_layout(root: str | os.PathLike[str]) -> dict[str, Any]:
     """Find MELD's CSVs and clip folders under ``root``; returns a descriptor (without source)."""
@@ -115,12 +110,8 @@ def describe(descriptor: dict[str, Any]) -> str:
 
 
 def write_descriptor(out_dir: str | os.PathLike[str], descriptor: dict[str, Any]) -> Path:
-    """Write ``<out_dir>/meld.json`` with no absolute path in it (same bytes in any checkout).
-
-    ``root`` is relative to the descriptor's folder when the files live under it (demo, kaggle),
-    else the folder as the user gave it in ``data.local_path`` (``root_base: cwd``); split paths
-    are relative to ``root``.
-    """
+    """Write ``<out_dir>/meld.json``: ``root`` relative to it when the files live under it (demo, kaggle),
+    else as given in ``data.local_path`` (``root_base: cwd``); split paths relative to ``root``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     root = Path(descriptor["root"]).resolve()
@@ -175,8 +166,6 @@ def read_descriptor(raw_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return desc
 
 
-# ----------------------------------------------------------------------------- sources
-
 def fetch_demo(out_dir: Path, params: DataParams) -> dict[str, Any]:
     from hlm12erc.data import demo
 
@@ -227,12 +216,8 @@ def _wanted(name: str) -> bool:
 
 def safe_extract_zip(archive: str | os.PathLike[str], target: str | os.PathLike[str],
                      wanted: Callable[[str], bool] = _wanted) -> int:
-    """Extract the ``wanted`` members of ``archive`` into ``target``; refuses zip-slip.
-
-    Every member is checked before anything is written: one whose resolved path leaves
-    ``target`` (``../x``, an absolute path, a drive letter) aborts with a SourceError.
-    Returns the number of files extracted.
-    """
+    """Extract the ``wanted`` members of ``archive`` into ``target``; returns how many. Every member is
+    checked before anything is written: one that would leave ``target`` (zip-slip) is a SourceError."""
     target = Path(target).resolve()
     target.mkdir(parents=True, exist_ok=True)
     try:

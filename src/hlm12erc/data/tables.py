@@ -25,8 +25,6 @@ from hlm12erc.config import DataParams, TablesParams
 from hlm12erc.data import meld
 from hlm12erc.data.meld import DataError
 
-TABLE_FILES = ("train", "valid", "test", "sample")
-
 
 def split_plan(descriptor: dict[str, Any]) -> dict[str, str]:
     """``{table split: source}`` where source is a MELD split or ``holdout:train``."""
