@@ -111,13 +111,9 @@ def _done(job: Job, fp: str) -> dict[str, Any] | None:
         record = json.loads(state.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if record.get("fingerprint") != fp:
-        return None
-    if record["frames_dir"] and not frames_dir.is_dir():
-        return None
-    if record["wav"] and not wav.exists():
-        return None
-    return record
+    stale = (record.get("fingerprint") != fp or (record["frames_dir"] and not frames_dir.is_dir())
+             or (record["wav"] and not wav.exists()))
+    return None if stale else record
 
 
 def extract_one(job: Job, params: ExtractParams) -> tuple[dict[str, Any], bool]:

@@ -138,14 +138,8 @@ def decode_clip(src: str, params: ExtractParams) -> dict[str, Any]:
                 audio = _grab_audio(container, params.sample_rate, params.max_seconds)
         except (_Corrupt, av.error.FFmpegError, ValueError, IndexError, MemoryError):
             return {"status": "corrupt", "duration": duration, "frames": None, "audio": None}
-    if duration > params.max_seconds:
-        status = "too_long"
-    elif frames is None:
-        status = "no_video"
-    elif audio is None:
-        status = "no_audio"
-    else:
-        status = "ok"
+    status = ("too_long" if duration > params.max_seconds else "no_video" if frames is None
+              else "no_audio" if audio is None else "ok")
     return {"status": status, "duration": duration, "frames": frames, "audio": audio}
 
 

@@ -73,12 +73,8 @@ def detect_layout(root: str | os.PathLike[str]) -> dict[str, Any]:
     if "train" not in csvs:
         raise SourceError(f"'{root}' has {sorted(csvs)} CSV(s) but no train_sent_emo.csv; "
                           f"the pipeline needs at least train (and dev or test)")
-    if not clips:
-        layout = "csv_only"
-    elif all(clips[s].parent.name == s for s in clips):
-        layout = "kaggle"
-    else:
-        layout = "tarball"
+    layout = ("csv_only" if not clips else
+              "kaggle" if all(clips[s].parent.name == s for s in clips) else "tarball")
     splits = {s: {"csv": str(csvs[s]), "clips": str(clips[s]) if s in clips else None}
               for s in ("train", "dev", "test") if s in csvs}
     return {"layout": layout, "root": str(root), "splits": splits}

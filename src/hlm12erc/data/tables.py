@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -59,14 +60,10 @@ def attach_media(table: pd.DataFrame, manifest: pd.DataFrame | None, media_dir: 
     rel = os.path.relpath(Path(media_dir).resolve(), Path(table_dir).resolve())
     index = {(s, c): row for s, c, row in zip(manifest["source_split"], manifest["clip_id"],
                                                manifest.itertuples(index=False))}
+    no_media = SimpleNamespace(frames_dir="", wav="", status="text_only")  # a row the manifest lacks
     visual, audio, status = [], [], []
     for source_split, cid in zip(table["source_split"], table["clip_id"]):
-        row = index.get((source_split, cid))
-        if row is None:
-            visual.append("")
-            audio.append("")
-            status.append("text_only")
-            continue
+        row = index.get((source_split, cid), no_media)
         visual.append(Path(rel, row.frames_dir).as_posix() if row.frames_dir else "")
         audio.append(Path(rel, row.wav).as_posix() if row.wav else "")
         status.append(row.status)
