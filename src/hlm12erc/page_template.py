@@ -39,7 +39,6 @@ table.cm{border-collapse:collapse;font-size:12px;font-variant-numeric:tabular-nu
 .cm th.c{writing-mode:vertical-rl;transform:rotate(180deg);height:58px;vertical-align:bottom;padding:2px 0}
 .cm td{width:32px;height:22px;text-align:center;border:1px solid #fff;cursor:pointer;border-radius:3px}
 .cm td:hover,.cm td.sel{outline:2px solid #1d2433;outline-offset:-2px}
-.cm .axis{color:var(--muted);font-size:11px}
 #controls{position:sticky;top:0;z-index:5;background:#fff;border-bottom:1px solid var(--line);padding:7px 22px;
   display:flex;flex-wrap:wrap;gap:6px 14px;align-items:center;font-size:13px}
 #controls select{font:inherit;font-size:12.5px;max-width:140px}

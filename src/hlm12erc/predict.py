@@ -92,8 +92,7 @@ def check_conversation(frame: pd.DataFrame, source: str = "input",
     as strings, clips absolute."""
     if not isinstance(frame, pd.DataFrame):
         raise PredictError(f"{source}: expected a table of turns (pandas DataFrame), got {type(frame).__name__}")
-    renamed = {c: str(c).strip().lower() for c in frame.columns}
-    frame = frame.rename(columns=renamed)
+    frame = frame.rename(columns={c: str(c).strip().lower() for c in frame.columns})
     duplicated = sorted({c for c in frame.columns if list(frame.columns).count(c) > 1})
     if duplicated:
         raise PredictError(f"{source}: column(s) {duplicated} given more than once (names are case-insensitive); "

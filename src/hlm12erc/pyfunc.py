@@ -40,8 +40,7 @@ REQUIREMENTS = ("mlflow", "torch", "torchaudio", "torchvision", "transformers", 
 class ErcPyfuncModel(mlflow.pyfunc.PythonModel):
     """Conversation rows in, per-turn emotion + probabilities out (see the module docstring)."""
 
-    def __init__(self) -> None:
-        self.predictor = None
+    predictor: Any = None  # set by load_context
 
     def load_context(self, context) -> None:
         from hlm12erc.predict import Predictor

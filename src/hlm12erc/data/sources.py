@@ -169,9 +169,7 @@ def fetch_demo(out_dir: Path, params: DataParams) -> dict[str, Any]:
     if root.exists():
         shutil.rmtree(root)
     broken = demo.generate(root, seed=params.demo.seed, dialogues=params.demo.dialogues)
-    desc = {"source": "demo", **detect_layout(root)}
-    desc["demo_broken"] = broken
-    return desc
+    return {"source": "demo", **detect_layout(root), "demo_broken": broken}
 
 
 def fetch_local(params: DataParams) -> dict[str, Any]:
