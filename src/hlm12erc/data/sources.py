@@ -142,19 +142,11 @@ def read_descriptor(raw_dir: str | os.PathLike[str]) -> dict[str, Any]:
             raise TypeError("splits must map each split to its csv and clips")
     except (ValueError, KeyError, TypeError) as exc:
         raise SourceError(f"{path} is not a MELD descriptor ({exc}); re-run `dvc repro download`") from None
-    base = desc.pop("root_base", None)
-    if base is None:  # an older descriptor with absolute paths
-        if not Path(stored_root).exists() and desc.get("root_in_raw"):
-            new_root = str((Path(raw_dir) / desc["root_in_raw"]).resolve())
-            rebase = lambda p: p if p is None else new_root + p[len(stored_root):]  # noqa: E731
-            desc["root"] = new_root
-            desc["splits"] = {s: {k: rebase(v) for k, v in e.items()} for s, e in splits.items()}
-    else:
-        anchor = Path(raw_dir) if base == "descriptor" else Path.cwd()
-        root = (anchor / Path(stored_root).expanduser()).resolve()
-        desc["root"] = str(root)
-        desc["splits"] = {s: {"csv": str(root / e["csv"]), "clips": str(root / e["clips"]) if e.get("clips") else None}
-                          for s, e in splits.items()}
+    anchor = Path(raw_dir) if desc.pop("root_base", None) == "descriptor" else Path.cwd()
+    root = (anchor / Path(stored_root).expanduser()).resolve()
+    desc["root"] = str(root)
+    desc["splits"] = {s: {"csv": str(root / e["csv"]), "clips": str(root / e["clips"]) if e.get("clips") else None}
+                      for s, e in splits.items()}
     for split, entry in desc["splits"].items():
         if not Path(entry["csv"]).exists():
             raise SourceError(f"{path}: the {split} CSV {entry['csv']} is gone; re-run the download "
