@@ -1,5 +1,4 @@
-"""``hlm12erc`` console command: ``hlm12erc predict CONVERSATION`` (see :mod:`hlm12erc.predict`) and
-``hlm12erc register`` (the headline model into the MLflow registry, see :func:`hlm12erc.pyfunc.register_model`).
+"""``hlm12erc predict CONVERSATION`` and ``hlm12erc register`` (the headline model into the MLflow registry).
 
 Every bad input ends with one line on stderr (what, why, how to fix) and exit code 2.
 """

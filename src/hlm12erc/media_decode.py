@@ -144,11 +144,8 @@ def decode_clip(src: str, params: ExtractParams) -> dict[str, Any]:
 
 
 def wav_bytes(audio: np.ndarray, rate: int) -> bytes:
-    """A mono 32-bit float wav (WAVE_FORMAT_IEEE_FLOAT, ``fmt `` + ``fact`` + ``data``).
-
-    Written by hand because libsndfile (soundfile) adds a PEAK chunk carrying the write time to
-    every float wav, so the same samples would give different bytes on every run.
-    """
+    """A mono 32-bit float wav, by hand: libsndfile adds a PEAK chunk with the write time to every float wav,
+    so the same samples would give different bytes on every run."""
     data = np.ascontiguousarray(audio, dtype="<f4").reshape(-1)
     payload = data.tobytes()
     fmt = struct.pack("<HHIIHHH", 3, 1, rate, rate * 4, 4, 32, 0)  # format 3 = IEEE float, cbSize 0

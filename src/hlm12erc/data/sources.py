@@ -172,11 +172,8 @@ def fetch_local(params: DataParams) -> dict[str, Any]:
 
 
 def make_kaggle_api() -> Any:
-    """An authenticated ``KaggleApi``, or a :class:`SourceError` saying how to add credentials.
-
-    ``import kaggle`` authenticates at import and prints help / exits when there are no
-    credentials, so the import happens here, silenced, and every failure becomes one message.
-    """
+    """An authenticated ``KaggleApi``, or a :class:`SourceError` saying how to add credentials (``import
+    kaggle`` prints help and exits without them, so it is imported here, silenced)."""
     sink = io.StringIO()
     try:
         with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):

@@ -1,14 +1,9 @@
 """Descriptor + extract manifest -> the 1NF tables ``train/valid/test/sample.csv``.
 
-Split protocol:
-
-* train, dev and test CSVs present: MELD train -> train, dev -> valid, test -> test.
-* no test CSV (e.g. the text-only train+dev release): ``data.valid_fraction`` of the train
-  *dialogues* (seeded, :func:`meld.holdout_dialogues`) become valid and dev becomes test.
-* no dev CSV: valid is held out of train the same way; test -> test.
-
-Rows whose media failed are kept: ``x_visual``/``x_audio`` are empty for the failed modality
-and ``media_status`` says why, so media models mask them and text models still use them.
+MELD train -> train, dev -> valid, test -> test; without a test CSV (the text-only train+dev release)
+dev -> test. When dev is missing or is the test split, valid is ``data.valid_fraction`` of the train
+*dialogues* (seeded). Rows whose media failed are kept with that modality empty and ``media_status`` saying why,
+so media models mask them and text models still use them.
 """
 
 from __future__ import annotations
