@@ -1,5 +1,4 @@
-"""``hlm12erc`` console command: ``hlm12erc predict CONVERSATION`` (see :mod:`hlm12erc.predict`) and
-``hlm12erc register`` (the headline model into the MLflow registry, see :func:`hlm12erc.pyfunc.register_model`).
+"""``hlm12erc predict CONVERSATION`` and ``hlm12erc register`` (the headline model into the MLflow registry).
 
 Every bad input ends with one line on stderr (what, why, how to fix) and exit code 2.
 """
@@ -80,14 +79,12 @@ def _load_uri(uri: str):
     import logging
 
     import mlflow
-
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no store-creation INFO lines on stderr
-
     from mlflow.exceptions import MlflowException
 
     from hlm12erc import tracking
     from hlm12erc.predict import PredictError
 
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no store-creation INFO lines on stderr
     store = os.environ.get(tracking.URI_ENV) or os.environ.get("MLFLOW_TRACKING_URI") or tracking.tracking_uri()
     mlflow.set_tracking_uri(store)
     try:
@@ -154,11 +151,10 @@ def register_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # stderr keeps only our note / error line
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # offline, and stderr keeps only our note / error line
+    for name, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+                        "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}.items():
+        os.environ.setdefault(name, value)
     args = _parser().parse_args(argv)
     from hlm12erc.config import ConfigError
     from hlm12erc.data.meld import DataError
@@ -169,10 +165,9 @@ def main(argv: list[str] | None = None) -> int:
 
         handled += (MlflowException,)
     try:
-        if args.command == "predict":
-            return _flushed(predict_command(args))
-        if args.command == "register":
-            return _flushed(register_command(args))
+        code = {"predict": predict_command, "register": register_command}[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
+        return code
     except BrokenPipeError:
         return _reader_gone()
     except handled as error:
@@ -182,12 +177,6 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(text.split()) or type(error).__name__
         print(f"{args.command}: {message}", file=sys.stderr)
         return 2
-    return 2  # pragma: no cover - argparse requires a command
-
-
-def _flushed(code: int) -> int:
-    sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
-    return code
 
 
 def _reader_gone() -> int:

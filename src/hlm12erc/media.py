@@ -1,31 +1,26 @@
-"""Stage ``extract``: every utterance's clip -> K letterboxed PNG frames + a 16 kHz mono float wav.
-
-Per utterance of every split in the descriptor (clip ``<clips>/dia{D}_utt{U}.mp4``)::
+"""Stage ``extract``: every utterance's clip -> K letterboxed PNG frames + a 16 kHz mono float wav::
 
     <media>/frames/<source_split>/dia{D}_utt{U}/{0..K-1}.png   (frame_size x frame_size RGB)
     <media>/audio/<source_split>/dia{D}_utt{U}.wav             (mono, FLOAT, sample_rate Hz)
     <media>/manifest.csv                                       (one row per utterance)
 
-Decoding is :mod:`hlm12erc.media_decode`; statuses and the manifest are :mod:`hlm12erc.media_manifest`.
-
-Re-runs: each clip's outcome is recorded in ``<media>/.state/<split>/<clip>.json`` together
-with a fingerprint of the extract params and the SHA-256 of the source file's bytes (never its
-path or mtime, so a ``dvc checkout`` of ``data/raw`` or another checkout redoes nothing), written
-after its outputs. A later run skips every clip whose fingerprint matches and whose outputs exist,
-so an interrupted run only does the remaining clips and a repeated run decodes nothing.
-
-Bytes: PNGs, the wavs, the state records and the manifest depend only on the source bytes and
-the params, so two runs in two folders give the same ``data/media`` hash.
+Re-runs: each clip's outcome goes to ``<media>/.state/<split>/<clip>.json`` after its outputs,
+with a fingerprint of the extract params and the source's bytes (not its path or mtime, so another
+checkout redoes nothing); a clip whose fingerprint matches and whose outputs exist is skipped.
+Outputs depend only on the source bytes and the params: two folders give the same hash.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -54,19 +49,12 @@ class Job:
 
 
 def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def fingerprint(params: ExtractParams, src: str | None) -> str:
-    """Extract params + the source's content hash: a change of either means the clip is redone.
-
-    Content, not size/mtime: a ``dvc checkout`` or a fresh clone rewrites the files with new
-    mtimes but the same bytes, and must not redo the extraction.
-    """
+    """Extract params + the source's content hash (a ``dvc checkout`` changes mtimes, not bytes)."""
     keys = {"frames": params.frames, "frame_size": params.frame_size,
             "sample_rate": params.sample_rate, "max_seconds": params.max_seconds, "v": 2}
     if src is None:
@@ -79,17 +67,11 @@ def fingerprint(params: ExtractParams, src: str | None) -> str:
     return hashlib.sha1(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
 
-# ----------------------------------------------------------------------------- one clip
-
 def _paths(job: Job) -> tuple[Path, Path, Path]:
     media = Path(job.media)
     return (media / "frames" / job.source_split / job.clip_id,
             media / "audio" / job.source_split / f"{job.clip_id}.wav",
             media / STATE_DIR / job.source_split / f"{job.clip_id}.json")
-
-
-def _rel(path: Path, media: str) -> str:
-    return path.relative_to(media).as_posix()
 
 
 def _write_frames(frames: list[np.ndarray], dest: Path) -> None:
@@ -126,13 +108,9 @@ def _done(job: Job, fp: str) -> dict[str, Any] | None:
         record = json.loads(state.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if record.get("fingerprint") != fp:
-        return None
-    if record["frames_dir"] and not frames_dir.is_dir():
-        return None
-    if record["wav"] and not wav.exists():
-        return None
-    return record
+    stale = (record.get("fingerprint") != fp or (record["frames_dir"] and not frames_dir.is_dir())
+             or (record["wav"] and not wav.exists()))
+    return None if stale else record
 
 
 def extract_one(job: Job, params: ExtractParams) -> tuple[dict[str, Any], bool]:
@@ -162,8 +140,8 @@ def extract_one(job: Job, params: ExtractParams) -> tuple[dict[str, Any], bool]:
         _remove(wav)
     row = {**base, "status": result["status"],
            "duration": round(float(result["duration"]), 3) if result["duration"] == result["duration"] else None,
-           "frames_dir": _rel(frames_dir, job.media) if result["frames"] is not None else "",
-           "wav": _rel(wav, job.media) if result["audio"] is not None else "",
+           "frames_dir": frames_dir.relative_to(job.media).as_posix() if result["frames"] is not None else "",
+           "wav": wav.relative_to(job.media).as_posix() if result["audio"] is not None else "",
            "fingerprint": fp}
     state.parent.mkdir(parents=True, exist_ok=True)
     tmp = state.with_name(f".{state.name}.{os.getpid()}.tmp")
@@ -171,12 +149,6 @@ def extract_one(job: Job, params: ExtractParams) -> tuple[dict[str, Any], bool]:
     os.replace(tmp, state)
     return row, True
 
-
-def _extract_star(args: tuple[Job, ExtractParams]) -> tuple[dict[str, Any], bool]:
-    return extract_one(*args)
-
-
-# ----------------------------------------------------------------------------- the stage
 
 def jobs_from_descriptor(descriptor: dict[str, Any], media_dir: str | os.PathLike[str]) -> list[Job]:
     """One job per CSV row of every split in the descriptor."""
@@ -198,11 +170,8 @@ def jobs_from_descriptor(descriptor: dict[str, Any], media_dir: str | os.PathLik
 
 def run_extract(descriptor: dict[str, Any], media_dir: str | os.PathLike[str], params: ExtractParams,
                 progress: bool = True, jobs: int = 0) -> tuple[pd.DataFrame, int]:
-    """Extract every utterance's media over ``jobs`` processes (0 = all cores); writes and returns the manifest.
-
-    Returns ``(manifest, n_processed)`` where ``n_processed`` counts clips actually worked on
-    (0 on a repeated run with the same params and sources).
-    """
+    """Extract every utterance's media over ``jobs`` processes (0 = all cores); writes the manifest and returns
+    ``(manifest, clips worked on)`` (0 on a repeated run)."""
     media = Path(media_dir)
     media.mkdir(parents=True, exist_ok=True)
     rows, worked = _run(jobs_from_descriptor(descriptor, media), params, resolve_jobs(jobs), progress)
@@ -214,20 +183,15 @@ def run_extract(descriptor: dict[str, Any], media_dir: str | os.PathLike[str], p
 def _run(jobs: list[Job], params: ExtractParams, workers: int, progress: bool) -> tuple[list[dict], int]:
     from tqdm import tqdm
 
-    todo = [(job, params) for job in jobs]
-    bar = tqdm(total=len(todo), desc="extract", unit="clip", disable=not progress, leave=False)
+    workers = min(workers, max(1, len(jobs)))
     results: list[tuple[dict, bool]] = []
-    workers = min(workers, max(1, len(todo)))
-    if workers == 1:
-        for item in todo:
-            results.append(_extract_star(item))
+    with (tqdm(total=len(jobs), desc="extract", unit="clip", disable=not progress, leave=False) as bar,
+          die_with_parent_pool(workers) if workers > 1 else contextlib.nullcontext() as pool):
+        chunksize = max(1, min(16, len(jobs) // (workers * 8)))
+        mapped = map if pool is None else partial(pool.map, chunksize=chunksize)
+        for result in mapped(extract_one, jobs, repeat(params)):
+            results.append(result)
             bar.update()
-    else:
-        with die_with_parent_pool(workers) as pool:
-            for res in pool.map(_extract_star, todo, chunksize=max(1, min(16, len(todo) // (workers * 8)))):
-                results.append(res)
-                bar.update()
-    bar.close()
     return [r for r, _ in results], sum(w for _, w in results)
 
 
@@ -237,6 +201,3 @@ def extract_clips(paths: Iterable[str], out_dir: str | os.PathLike[str], params:
     media = str(Path(out_dir).resolve())
     todo = [Job(split, Path(p).stem, i, 0, str(p), media) for i, p in enumerate(paths)]
     return _run(todo, params, resolve_jobs(jobs), progress)
-
-
-__all__ = ["Job", "extract_clips", "extract_one", "fingerprint", "jobs_from_descriptor", "run_extract"]

@@ -1,12 +1,7 @@
 """One clip -> K letterboxed RGB frames + mono float samples, decoded in-process with PyAV.
 
-Frame times: frame ``k`` of ``K`` sits at ``(k + 0.5) / K`` of the (possibly cut) duration,
-i.e. 1/6, 1/2, 5/6 for K=3: evenly spaced, the centre frame included for every odd K. For an
-even K the grid of K+1 is used without its last point, so the centre is still included.
-Frames are scaled to fit and padded with black (letterbox): nothing is cropped.
-
-Wavs are written by :func:`wav_bytes` with a fixed 58-byte RIFF header, so the same samples give
-the same bytes on every run.
+Frame ``k`` of ``K`` sits at ``(k + 0.5) / K`` of the (possibly cut) duration (1/6, 1/2, 5/6 for
+K=3); an even K uses the grid of K+1 without its last point, so the centre frame is always included.
 """
 
 from __future__ import annotations
@@ -32,8 +27,7 @@ def letterbox(rgb: np.ndarray, size: int) -> np.ndarray:
     import cv2
 
     h, w = rgb.shape[:2]
-    scale = size / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    nw, nh = _fit(w, h, size)
     if (nh, nw) != (h, w):
         rgb = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA)
     out = np.zeros((size, size, 3), np.uint8)
@@ -114,10 +108,8 @@ def _grab_audio(container: Any, rate: int, max_seconds: float) -> np.ndarray:
         if total >= limit:
             break
     else:
-        for res in resampler.resample(None):
-            arr = res.to_ndarray().reshape(-1)
-            chunks.append(arr)
-            total += arr.size
+        for res in resampler.resample(None):  # flush the resampler
+            chunks.append(res.to_ndarray().reshape(-1))
     if not chunks:
         raise _Corrupt("no decodable audio")
     return np.concatenate(chunks)[:limit].astype(np.float32)
@@ -146,23 +138,14 @@ def decode_clip(src: str, params: ExtractParams) -> dict[str, Any]:
                 audio = _grab_audio(container, params.sample_rate, params.max_seconds)
         except (_Corrupt, av.error.FFmpegError, ValueError, IndexError, MemoryError):
             return {"status": "corrupt", "duration": duration, "frames": None, "audio": None}
-    if duration > params.max_seconds:
-        status = "too_long"
-    elif frames is None:
-        status = "no_video"
-    elif audio is None:
-        status = "no_audio"
-    else:
-        status = "ok"
+    status = ("too_long" if duration > params.max_seconds else "no_video" if frames is None
+              else "no_audio" if audio is None else "ok")
     return {"status": status, "duration": duration, "frames": frames, "audio": audio}
 
 
 def wav_bytes(audio: np.ndarray, rate: int) -> bytes:
-    """A mono 32-bit float wav (WAVE_FORMAT_IEEE_FLOAT, ``fmt `` + ``fact`` + ``data``).
-
-    Written by hand because libsndfile (soundfile) adds a PEAK chunk carrying the write time to
-    every float wav, so the same samples would give different bytes on every run.
-    """
+    """A mono 32-bit float wav, by hand: libsndfile adds a PEAK chunk with the write time to every float wav,
+    so the same samples would give different bytes on every run."""
     data = np.ascontiguousarray(audio, dtype="<f4").reshape(-1)
     payload = data.tobytes()
     fmt = struct.pack("<HHIIHHH", 3, 1, rate, rate * 4, 4, 32, 0)  # format 3 = IEEE float, cbSize 0
@@ -170,6 +153,3 @@ def wav_bytes(audio: np.ndarray, rate: int) -> bytes:
               + b"fact" + struct.pack("<II", 4, data.size)
               + b"data" + struct.pack("<I", len(payload)) + payload)
     return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks
-
-
-__all__ = ["SEEK_GAP_S", "decode_clip", "frame_times", "letterbox", "wav_bytes"]

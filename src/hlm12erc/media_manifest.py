@@ -19,8 +19,6 @@ MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS = ("source_split", "clip_id", "dialogue", "sequence", "status", "duration",
                     "frames_dir", "wav", "fingerprint")
 STATUSES = ("ok", "too_long", "no_audio", "no_video", "corrupt", "missing", "text_only")
-WITH_FRAMES = ("ok", "too_long", "no_audio")
-WITH_AUDIO = ("ok", "too_long", "no_video")
 
 
 def write_manifest(manifest: pd.DataFrame, media_dir: str | os.PathLike[str]) -> Path:
@@ -47,15 +45,8 @@ def read_manifest(media_dir: str | os.PathLike[str]) -> pd.DataFrame:
 def summarise(manifest: pd.DataFrame) -> str:
     """Counts per status, per source split, as a few printable lines."""
     lines = []
-    for split, part in manifest.groupby("source_split", sort=False):
+    for split, part in [*manifest.groupby("source_split", sort=False), ("all", manifest)]:
         counts = Counter(part["status"])
         lines.append(f"  {split:5s} {len(part):6d} clips: " +
                      ", ".join(f"{s}={counts[s]}" for s in STATUSES if counts[s]))
-    total = Counter(manifest["status"])
-    lines.append(f"  all   {len(manifest):6d} clips: " +
-                 ", ".join(f"{s}={total[s]}" for s in STATUSES if total[s]))
     return "\n".join(lines)
-
-
-__all__ = ["MANIFEST", "MANIFEST_COLUMNS", "STATUSES", "WITH_AUDIO", "WITH_FRAMES", "read_manifest", "summarise",
-           "write_manifest"]

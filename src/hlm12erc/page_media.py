@@ -1,10 +1,8 @@
 """The media of the error-analysis pages: each turn's centre frame as a small JPEG and its audio.
 
-Everything is embedded in the page (see :mod:`hlm12erc.pages`): the thumbnails as JPEG data URIs
-(at most :data:`THUMB_BOX` px, quality :data:`THUMB_QUALITY`, no EXIF), the audio as 8 kHz 16-bit
-wav data URIs while a page's audio fits :data:`AUDIO_BUDGET` bytes; above that the pipeline's
-pages link each wav relative to the page, and a predict page (whose media is temporary) has none.
-A missing or unreadable frame or wav is one line per kind and that turn's media marked missing.
+Both are embedded as data URIs (the audio as 8 kHz 16-bit wavs) while a page's audio fits
+:data:`AUDIO_BUDGET` bytes; above that the pipeline's pages link each wav relative to the page, and a
+predict page (whose media is temporary) has none. Missing media is one line per kind.
 """
 
 from __future__ import annotations

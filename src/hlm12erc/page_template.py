@@ -6,13 +6,16 @@ inline script renders, so the page opens from ``file://`` and inside MLflow's ar
 sandboxed blob URL, where nothing relative resolves). No CDN, no fetch.
 """
 
-PAGE = r"""<!DOCTYPE html>
+HEAD = """<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>__TITLE__</title>
-<style>
+"""
+END = "</script>\n</body>\n</html>\n"
+
+PAGE = HEAD + r"""<style>
 :root{--err:#c62828;--ok:#2e7d32;--bg:#f4f5f7;--line:#dcdfe4;--muted:#667085}
 *{box-sizing:border-box}
 body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;
@@ -36,7 +39,6 @@ table.cm{border-collapse:collapse;font-size:12px;font-variant-numeric:tabular-nu
 .cm th.c{writing-mode:vertical-rl;transform:rotate(180deg);height:58px;vertical-align:bottom;padding:2px 0}
 .cm td{width:32px;height:22px;text-align:center;border:1px solid #fff;cursor:pointer;border-radius:3px}
 .cm td:hover,.cm td.sel{outline:2px solid #1d2433;outline-offset:-2px}
-.cm .axis{color:var(--muted);font-size:11px}
 #controls{position:sticky;top:0;z-index:5;background:#fff;border-bottom:1px solid var(--line);padding:7px 22px;
   display:flex;flex-wrap:wrap;gap:6px 14px;align-items:center;font-size:13px}
 #controls select{font:inherit;font-size:12.5px;max-width:140px}
@@ -283,18 +285,9 @@ if (!fromHash()) apply();
 window.__renderMs = performance.now();
 document.body.dataset.ready = "1";
 })();
-</script>
-</body>
-</html>
-"""
+""" + END
 
-INDEX = r"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>__TITLE__</title>
-<style>
+INDEX = HEAD + r"""<style>
 body{margin:0;padding:18px 24px;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;
   background:#f4f5f7;color:#1d2433}
 h1{font-size:19px;margin:0 0 10px}
@@ -320,7 +313,4 @@ document.getElementById("cmp").addEventListener("submit", function(){
   var a = document.getElementById("a").value, b = document.getElementById("b").value;
   location.href = encodeURIComponent(a) + "/index.html" + (a !== b ? "#compare=" + encodeURIComponent(b) : "");
 });
-</script>
-</body>
-</html>
-"""
+""" + END

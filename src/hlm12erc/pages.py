@@ -1,25 +1,15 @@
 """Error-analysis pages: where a model errs, shown as the conversations it read.
 
-Stage ``pages`` writes ``reports/<objective>/index.html`` per evaluated objective, joining the
-split's 1NF table, ``plots/<objective>/predictions.csv`` and the media behind each turn (transcript,
-gold and predicted emotion, the probabilities, the centre frame, the audio), and
-``reports/index.html`` with the objectives table and a two-objective comparison (every page holds
-the other objectives' predicted labels, so "where they disagree" needs no second file).
-``hlm12erc predict --out page.html`` writes the same view for a new conversation, without gold.
+Stage ``pages`` writes ``reports/<objective>/index.html`` per evaluated objective (the split's
+transcripts with gold and predicted emotions, probabilities, centre frames and audio; every page
+holds the other objectives' predictions, so "where they disagree" needs no second file) and
+``reports/index.html``; ``hlm12erc predict --out page.html`` writes the same view without gold.
+A page is one self-contained file (media embedded, see :mod:`hlm12erc.page_media`) because it
+must open from ``file://`` and inside MLflow's artifact view, where relative links do not resolve.
 
-One page is one self-contained file (the template is :mod:`hlm12erc.page_template`): it must open
-from ``file://`` and inside MLflow's artifact view, where relative links do not resolve. So the
-thumbnails are embedded (JPEG data URIs, at most :data:`THUMB_BOX` px), and so is the audio, as
-8 kHz 16-bit wavs, while a page's audio fits :data:`AUDIO_BUDGET` bytes (the demo's test split,
-~3 MB, does); above it each turn links its wav relative to the page (plays from the checkout, not
-inside MLflow). MELD's test split (2,610 turns, ~2.3 h of audio) is linked.
-
-Bad input never stops a page: predictions that share no turn with the table are refused in one
-line (:class:`PageError`); a partial match, a missing or unreadable frame or wav is one line on
-stderr per kind (also shown on the page) and that turn's media is marked missing.
-
-Bytes: dialogues in table order, sorted JSON keys, fixed JPEG settings (Pillow writes no EXIF and
-no time), hand-written wav headers, relative links only: the same inputs give the same files.
+Bad input never stops a page: predictions sharing no turn with the table are refused in one line
+(:class:`PageError`); anything partial or missing is one line per kind, also shown on the page.
+Sorted JSON keys, fixed JPEG settings and hand-written wav headers: same inputs, same bytes.
 """
 
 from __future__ import annotations
@@ -48,7 +38,11 @@ class PageError(DataError):
     """Input a page cannot be built from; the message says what, why and how to fix it."""
 
 
-# ----------------------------------------------------------------------------- predictions
+def _label_ids(values: Sequence[object], labels: Sequence[str]) -> np.ndarray:
+    """Each value's index in ``labels``, -1 for anything else."""
+    lookup = {label: i for i, label in enumerate(labels)}
+    return np.array([lookup.get(str(v), -1) for v in values], dtype=np.int64)
+
 
 def read_predictions(path: str | os.PathLike[str]) -> pd.DataFrame:
     """An evaluate stage's ``predictions.csv`` (``clip_id, label, predicted, p_<label>...``)."""
@@ -87,11 +81,10 @@ def align(table: pd.DataFrame, predictions: pd.DataFrame, labels: Sequence[str],
         raise PageError(f"{source}: none of its {len(frame)} clip_id(s) is a turn of the table ({len(table)} turns, "
                         f"e.g. {clips.iloc[0] if len(clips) else '-'} vs {frame.index[0] if len(frame) else '-'}): "
                         "predictions of another split or an older table; re-run evaluate for this table")
-    lookup = {label: i for i, label in enumerate(labels)}
     predicted = np.full(len(table), -1, dtype=np.int64)
     probs = np.full((len(table), len(labels)), np.nan)
     rows = frame.reindex(clips[found])
-    predicted[found] = [lookup.get(str(v), -1) for v in rows["predicted"]]
+    predicted[found] = _label_ids(rows["predicted"], labels)
     columns = [f"p_{label}" for label in labels]
     if all(c in frame.columns for c in columns):
         probs[found] = rows[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
@@ -110,8 +103,6 @@ def align(table: pd.DataFrame, predictions: pd.DataFrame, labels: Sequence[str],
     return Aligned(predicted, probs)
 
 
-# ----------------------------------------------------------------------------- one page
-
 def used_modalities(table: pd.DataFrame, media: Media, modalities: Sequence[str]) -> list[str]:
     """Per row, the model's modalities that turn has (text: non-empty; audio/visual: readable media)."""
     out = []
@@ -127,8 +118,7 @@ def page_data(table: pd.DataFrame, media: Media, labels: Sequence[str], aligned:
               notes: Sequence[str] = ()) -> dict:
     """The JSON the page template renders: header, dialogues in table order, turns in sequence order."""
     labels = list(labels)
-    lookup = {label: i for i, label in enumerate(labels)}
-    gold_ids = np.array([lookup.get(str(v), -1) for v in table["label"]]) if gold else np.full(len(table), -1)
+    gold_ids = _label_ids(table["label"], labels) if gold else np.full(len(table), -1)
     notes = list(media.notes) + list(notes)
     metrics = matrix = None
     scored = (gold_ids >= 0) & (aligned.predicted >= 0)
@@ -195,8 +185,6 @@ def write_text(path: Path, text: str) -> Path:
     return path
 
 
-# ----------------------------------------------------------------------------- the stage
-
 @dataclass(frozen=True)
 class Evaluated:
     """One evaluated objective: its predictions, its metrics JSON and the modalities its model reads."""
@@ -218,11 +206,8 @@ def build_pages(table_path: str | os.PathLike[str], objectives: Sequence[Evaluat
                 labels: Sequence[str], split: str = "test", reference: str | None = None,
                 objectives_csv: str | os.PathLike[str] | None = None,
                 audio_budget: int = AUDIO_BUDGET) -> tuple[list[Path], dict[str, str]]:
-    """Write ``<out>/<objective>/index.html`` for each objective and ``<out>/index.html`` (whose table links
-    each page's disagreements with ``reference``).
-
-    Returns (the page folders written, ``{objective: why}`` for those refused).
-    """
+    """Write ``<out>/<objective>/index.html`` per objective and ``<out>/index.html`` (linking each page's
+    disagreements with ``reference``); returns (the page folders written, ``{objective: why}`` of those refused)."""
     out = Path(out_dir)
     table = load_table(table_path, labels)
     media = collect_media(table, audio_budget)
@@ -291,17 +276,13 @@ def write_index(out: Path, names: Sequence[str], refused: dict[str, str], refere
     return write_text(out / "index.html", page)
 
 
-# ----------------------------------------------------------------------------- predict --out page.html
-
 def write_predict_page(result: pd.DataFrame, table: pd.DataFrame, labels: Sequence[str], modalities: Sequence[str],
                        out: str | os.PathLike[str], title: str, audio_budget: int = AUDIO_BUDGET) -> Path:
     """The page for ``hlm12erc predict``'s result (no gold) and its 1NF table (media paths still on disk)."""
     out = Path(out)
     media = collect_media(table, audio_budget, can_link=False, fix="check the clips")
-    columns = [f"p_{label}" for label in labels]
-    lookup = {label: i for i, label in enumerate(labels)}
-    aligned = Aligned(np.array([lookup.get(str(v), -1) for v in result["predicted"]]),
-                      result[columns].to_numpy(dtype=float))
+    probs = result[[f"p_{label}" for label in labels]].to_numpy(dtype=float)
+    aligned = Aligned(_label_ids(result["predicted"], labels), probs)
     shown = table.assign(media_status=result["media_status"].to_numpy())
     data = page_data(shown, media, labels, aligned, result["used"].astype(str).tolist(), out.parent, title=title,
                      split=None, modalities=modalities, gold=False)

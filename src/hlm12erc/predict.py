@@ -1,19 +1,9 @@
-"""Predict the emotions of a new conversation with a trained model folder.
+"""Predict the emotions of a new conversation (CSV or JSON turns: speaker, text, optional clip, dialogue).
 
-A conversation is a CSV or JSON file (a list of turns, or ``{"turns": [...]}``) with, per
-turn, ``speaker`` and ``text``, optionally ``clip`` (an mp4 path, relative to the file) and
-``dialogue`` (several dialogues in one file). It becomes a 1NF table like the training tables
-(``split, dialogue, sequence, speaker, x_text, x_visual, x_audio, label...``; ``label`` is a
-placeholder), so the dialogue context is built exactly as in training (:mod:`hlm12erc.data.context`),
-and the probabilities come from the same ``ErcModel.predict_proba`` as the evaluate stage.
-
-Clips are decoded with :mod:`hlm12erc.media` (the extract stage's code and params) into a temp
-folder. A turn without a clip, or whose clip fails to decode, has its audio/visual masks False
-and is predicted from the modalities present; the ``used`` and ``media_status`` columns say so.
-A clip path that does not exist or cannot be read is bad input (:class:`PredictError`).
-
-Output: one row per turn, ``dialogue, turn, speaker, text, predicted, p_<label>..., used,
-media_status``, in input order.
+The turns become a 1NF table like the training tables, so the dialogue context and the
+probabilities come from the same code as training and the evaluate stage; clips are decoded by
+the extract stage's code. A turn whose clip is absent or fails to decode is predicted from the
+modalities present (the ``used`` and ``media_status`` columns say so).
 """
 
 from __future__ import annotations
@@ -40,8 +30,6 @@ DEFAULT_DIALOGUE = "0"
 class PredictError(DataError):
     """Bad input for prediction; the message says what, why and how to fix it (one line)."""
 
-
-# ----------------------------------------------------------------------------- the conversation
 
 def read_conversation(path: str | os.PathLike[str]) -> pd.DataFrame:
     """A conversation file -> checked turns (clip paths resolved against the file's folder)."""
@@ -100,15 +88,11 @@ def _cell(value: Any) -> str:
 
 def check_conversation(frame: pd.DataFrame, source: str = "input",
                        base_dir: str | os.PathLike[str] | None = None) -> pd.DataFrame:
-    """Validate the turns; returns ``speaker, text, clip, dialogue`` as strings, clips absolute.
-
-    Column names are matched case-insensitively. Unknown or missing columns, no turns, and a
-    clip path that is not a readable file are :class:`PredictError`.
-    """
+    """Validate the turns (column names case-insensitive); returns ``speaker, text, clip, dialogue``
+    as strings, clips absolute."""
     if not isinstance(frame, pd.DataFrame):
         raise PredictError(f"{source}: expected a table of turns (pandas DataFrame), got {type(frame).__name__}")
-    renamed = {c: str(c).strip().lower() for c in frame.columns}
-    frame = frame.rename(columns=renamed)
+    frame = frame.rename(columns={c: str(c).strip().lower() for c in frame.columns})
     duplicated = sorted({c for c in frame.columns if list(frame.columns).count(c) > 1})
     if duplicated:
         raise PredictError(f"{source}: column(s) {duplicated} given more than once (names are case-insensitive); "
@@ -140,9 +124,8 @@ def check_conversation(frame: pd.DataFrame, source: str = "input",
                 clip = Path(value).expanduser()
                 clip = clip if clip.is_absolute() else base / clip
                 if not clip.is_file() or not os.access(clip, os.R_OK):
-                    why = "is not a file" if clip.exists() else "does not exist"
-                    if clip.is_file():
-                        why = "is not readable"
+                    why = ("is not readable" if clip.is_file() else
+                           "is not a file" if clip.exists() else "does not exist")
                     raise PredictError(f"{source}: turn {i + 1}: clip {value} {why} (resolved to {clip}); "
                                        "fix the path (relative paths are relative to the conversation file) "
                                        "or leave the clip cell empty")
@@ -156,7 +139,7 @@ def conversation_table(turns: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
     """Checked turns -> 1NF table rows (media empty; ``sequence`` = order within its dialogue)."""
     placeholder = "neutral" if "neutral" in labels else labels[0]
     sequence = turns.groupby("dialogue", sort=False).cumcount().to_numpy()
-    table = pd.DataFrame({
+    return pd.DataFrame({
         "split": "predict",
         "source_split": "predict",
         "dialogue": turns["dialogue"].astype(str).to_numpy(),
@@ -171,7 +154,6 @@ def conversation_table(turns: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
         "sentiment": "",
         "media_status": ["no_clip" if not c else "pending" for c in turns["clip"]],
     })
-    return table
 
 
 def extract_media(table: pd.DataFrame, clips: list[str], media_dir: str | os.PathLike[str],
@@ -191,8 +173,6 @@ def extract_media(table: pd.DataFrame, clips: list[str], media_dir: str | os.Pat
         table.loc[table.index[row], "x_audio"] = str(Path(root) / record["wav"]) if record["wav"] else ""
     return table
 
-
-# ----------------------------------------------------------------------------- the model
 
 @dataclass
 class Predictor:
@@ -296,12 +276,8 @@ NOTE_EXAMPLES = 3
 
 
 def fallback_note(result: pd.DataFrame, modalities: list[str], verbose: bool = False) -> str | None:
-    """One line per reason (media status and modalities used) for the turns predicted without some of the
-    model's modalities, or None; ``verbose`` names every turn instead of a few examples.
-
-    A long text-only file would otherwise print one line naming each of its turns; the ``used`` and
-    ``media_status`` columns of the result keep the per-turn detail.
-    """
+    """One line per reason for the turns predicted without some of the model's modalities, or None;
+    a few example turns each (a long text-only file would name all), ``verbose`` names every turn."""
     full = "+".join(modalities)
     short = result[result["used"] != full]
     if short.empty:
@@ -340,7 +316,3 @@ def write_result(result: pd.DataFrame, out: str | os.PathLike[str]) -> Path:
     else:
         out.write_text(json.dumps(result.to_dict(orient="records"), indent=2) + "\n", encoding="utf-8")
     return out
-
-
-__all__ = ["PredictError", "Predictor", "read_conversation", "turns_frame", "check_conversation",
-           "conversation_table", "extract_media", "fallback_note", "format_result", "write_result"]

@@ -1,24 +1,14 @@
 """The trained model as an MLflow pyfunc model: logged, registered, loadable and servable.
 
-:class:`ErcPyfuncModel` wraps an :class:`~hlm12erc.models.erc.ErcModel` folder (``config.json``
-+ ``head.pt`` and/or ``encoder_K.pt`` + ``tokenizer/``) shipped as the artifact ``model_dir``; its
-feature params are in that folder's config.json and the extract params (frames, frame size,
-sample rate) in the pyfunc ``model_config``. Frozen encoders (MiniLM, the media encoders) come
-from their installed packages, never from the artifacts. The ``hlm12erc`` package itself is
-shipped as ``code_paths`` so a served model runs the code it was trained with.
+:class:`ErcPyfuncModel` ships an :class:`~hlm12erc.models.erc.ErcModel` folder as the artifact
+``model_dir``, the extract params in ``model_config`` and the ``hlm12erc`` package as ``code_paths``
+(a served model runs the code it was trained with); frozen encoders come from installed packages.
+``predict`` is :meth:`hlm12erc.predict.Predictor.predict`. Every registered version carries the tag
+``model_sha256``, so :func:`register_model` adds a model once: on a fresh clone DVC skips the
+``headline`` stage, and ``hlm12erc register`` (``make demo``) adds the missing version.
 
-``predict(context, model_input)`` takes conversation rows (``speaker, text``, optional
-``clip`` and ``dialogue``) and returns :meth:`hlm12erc.predict.Predictor.predict`'s frame:
-``dialogue, turn, speaker, text, predicted, p_<label>..., used, media_status``.
-
-Every registered version carries the tag ``model_sha256`` (the model folder's files), so
-:func:`register_model` can tell whether a model is already registered: DVC skips the
-``headline`` stage on a fresh clone whose committed results match, and ``hlm12erc
-register`` (run by ``make demo``) then adds the missing version once.
-
-Trust: the logged ``python_model`` is stored with CloudPickle (MLflow's ``python_model=`` path),
-so loading a registered model unpickles code. Load models only from stores you trust; the model
-weights themselves are read with ``torch.load(..., weights_only=True)``.
+Trust: the ``python_model`` is stored with CloudPickle, so loading a registered model unpickles
+code: load only from stores you trust (the weights are read with ``weights_only=True``).
 """
 
 from __future__ import annotations
@@ -50,8 +40,7 @@ REQUIREMENTS = ("mlflow", "torch", "torchaudio", "torchvision", "transformers", 
 class ErcPyfuncModel(mlflow.pyfunc.PythonModel):
     """Conversation rows in, per-turn emotion + probabilities out (see the module docstring)."""
 
-    def __init__(self) -> None:
-        self.predictor = None
+    predictor: Any = None  # set by load_context
 
     def load_context(self, context) -> None:
         from hlm12erc.predict import Predictor
@@ -119,13 +108,8 @@ def _model_config(model_dir: Path) -> tuple[dict[str, Any], str | None]:
 def log_pyfunc_model(model_dir: str | os.PathLike[str], metrics: dict[str, Any] | None = None,
                      registered_name: str | None = "hlm12erc", extract: ExtractParams | None = None,
                      run_name: str | None = None) -> Any:
-    """Log ``model_dir`` as a pyfunc model in its own MLflow run and register it as ``registered_name``.
-
-    ``metrics`` (the evaluate stage's dict: accuracy, weighted_f1, macro_f1, split, objective)
-    are logged on the run as ``<split>_<metric>`` and set as tags on the registered version.
-    Returns the :class:`mlflow.models.model.ModelInfo` (``registered_model_version`` is set when
-    registered).
-    """
+    """Log ``model_dir`` as a pyfunc model in its own MLflow run and register it as ``registered_name``;
+    the evaluate stage's ``metrics`` go on the run and the version as ``<split>_<metric>``."""
     model_dir = Path(model_dir)
     config, trained = _model_config(model_dir)
     objective = trained or model_dir.name
@@ -177,11 +161,8 @@ def registered_version(name: str, model_dir: str | os.PathLike[str]) -> str | No
 
 def register_model(model_dir: str | os.PathLike[str], metrics: dict[str, Any], name: str = "hlm12erc",
                    extract: ExtractParams | None = None) -> tuple[str, bool]:
-    """Register ``model_dir`` as a version of ``name`` unless those exact files already are one.
-
-    Returns ``(version, created)``. For the registry to follow DVC: on a fresh clone DVC skips the
-    evaluate stage whose outputs are committed, so nothing registered the model there.
-    """
+    """Register ``model_dir`` as a version of ``name`` unless those exact files already are one;
+    returns ``(version, created)``."""
     _config, trained = _model_config(Path(model_dir))
     scored = metrics.get("objective")
     if trained and scored and trained != scored:
@@ -192,7 +173,3 @@ def register_model(model_dir: str | os.PathLike[str], metrics: dict[str, Any], n
         return existing, False
     info = log_pyfunc_model(model_dir, metrics, registered_name=name, extract=extract)
     return str(info.registered_model_version), True
-
-
-__all__ = ["ErcPyfuncModel", "FINGERPRINT_TAG", "log_pyfunc_model", "model_fingerprint", "pip_requirements",
-           "register_model", "registered_version"]

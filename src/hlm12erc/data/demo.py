@@ -1,19 +1,11 @@
-"""A generated MELD-shaped demo corpus: CSVs plus real H.264/AAC ``.mp4`` clips.
+"""A generated MELD-shaped demo corpus (MELD.Raw's tarball shape, real H.264/AAC ``.mp4`` clips), so
+every later stage runs on it as on the real data, offline, in seconds.
 
-The corpus has MELD.Raw's tarball shape (``train_sent_emo.csv``, ``train_splits/dia0_utt0.mp4``
-...), so every later stage runs on it exactly as on the real data, offline, in seconds.
-
-Signal design: for every utterance each modality independently *expresses* the true label
-with probability :data:`EXPRESS_P`, otherwise a label drawn uniformly from all seven. Text
-carries emotion words of the expressed label inside neutral filler; audio is a beeping tone
-whose pitch, loudness and beep rate depend on its expressed label; video shows a coloured
-background and a drawn face (mouth curve, brows, eye size) for its expressed label. Each
-unimodal model can therefore reach roughly 60-65% and fusing the three independent views
-clearly more (when two views agree they are almost always right).
-
-Broken media, as in the real MELD (see :data:`BROKEN`): in train and test one clip each is
-truncated (``corrupt``), has no audio track (``no_audio``), is an audio-only file
-(``no_video``) and one CSV row has no clip file at all (``missing``).
+Each modality independently *expresses* the true label with probability :data:`EXPRESS_P` (else a
+uniformly drawn one): emotion words in neutral filler, a tone whose pitch, loudness and beep rate
+code the label, a coloured background with a drawn face. So each unimodal model reaches roughly
+60-65% and fusion clearly more. As in the real MELD, train and test each hold one clip per
+:data:`BROKEN` kind: truncated, without audio, audio-only, and a CSV row without a clip file.
 """
 
 from __future__ import annotations
@@ -28,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hlm12erc.data.sources import CLIP_DIRS
 from hlm12erc.workers import pool as die_with_parent_pool
 
 LABELS = ("anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise")
@@ -38,7 +31,6 @@ SENTIMENT = {"anger": "negative", "disgust": "negative", "fear": "negative", "sa
              "joy": "positive", "surprise": "positive", "neutral": "neutral"}
 EXPRESS_P = 0.6
 SPEAKERS = ("Chandler", "Joey", "Monica", "Phoebe", "Rachel", "Ross")
-CLIP_DIRS = {"train": "train_splits", "dev": "dev_splits_complete", "test": "output_repeated_splits_test"}
 BROKEN = ("corrupt", "no_audio", "missing", "no_video")  # injected in train and test
 BROKEN_SPLITS = ("train", "test")
 
@@ -222,12 +214,8 @@ def _make_clip(spec: ClipSpec) -> str:
 def generate(out_dir: str | os.PathLike[str], seed: int = 7,
              dialogues: Mapping[str, int] | None = None, jobs: int = 0,
              write_clips: bool = True) -> dict[str, dict[str, str]]:
-    """Write the demo corpus into ``out_dir`` (MELD.Raw tarball shape).
-
-    Returns ``{split: {clip_id: broken_kind}}`` for the deliberately broken clips.
-    Same seed -> byte-identical CSVs and identical clip content. ``write_clips=False``
-    writes only the CSVs (the same CSVs).
-    """
+    """Write the demo corpus into ``out_dir``; returns ``{split: {clip_id: broken_kind}}``. The same seed
+    gives byte-identical CSVs and identical clips; ``write_clips=False`` writes only the CSVs."""
     from hlm12erc.config import resolve_jobs
 
     dialogues = dict(dialogues or {"train": 36, "dev": 10, "test": 14})

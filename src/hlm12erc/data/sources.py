@@ -7,12 +7,9 @@ The descriptor ``meld.json`` is the only thing later stages read::
      "splits": {"train": {"csv": "train_sent_emo.csv", "clips": "train_splits" | null},
                 "dev": {...}, "test": {...}}}          # test may be absent
 
-No absolute path is written (``root`` is relative to ``data/raw`` for demo/kaggle, or
-``data.local_path`` as given; split paths are relative to ``root``), so the same source gives the
-same bytes in any checkout; :func:`read_descriptor` hands back absolute paths.
-
-``demo`` and ``kaggle`` write their files under the output folder; ``local`` only points at
-the user's folder (it can be 10 GB). Layouts recognised anywhere up to a few levels deep:
+No absolute path is written, so the same source gives the same bytes in any checkout.
+``demo`` and ``kaggle`` write under the output folder; ``local`` only points at the user's folder
+(it can be 10 GB). Layouts recognised up to a few levels deep:
 
 * tarball: ``train_splits/``, ``dev_splits_complete/``, ``output_repeated_splits_test/`` + CSVs
 * kaggle:  the same folders inside ``train/``, ``dev/``, ``test/`` (``MELD-RAW/MELD.Raw/...``)
@@ -51,8 +48,6 @@ class SourceError(DataError):
     """The data source cannot be used; the message says why and how to fix it."""
 
 
-# ----------------------------------------------------------------------------- layout
-
 def detect_layout(root: str | os.PathLike[str]) -> dict[str, Any]:
     """Find MELD's CSVs and clip folders under ``root``; returns a descriptor (without source)."""
     root = Path(root).expanduser()
@@ -78,12 +73,8 @@ def detect_layout(root: str | os.PathLike[str]) -> dict[str, Any]:
     if "train" not in csvs:
         raise SourceError(f"'{root}' has {sorted(csvs)} CSV(s) but no train_sent_emo.csv; "
                           f"the pipeline needs at least train (and dev or test)")
-    if not clips:
-        layout = "csv_only"
-    elif all(clips[s].parent.name == s for s in clips):
-        layout = "kaggle"
-    else:
-        layout = "tarball"
+    layout = ("csv_only" if not clips else
+              "kaggle" if all(clips[s].parent.name == s for s in clips) else "tarball")
     splits = {s: {"csv": str(csvs[s]), "clips": str(clips[s]) if s in clips else None}
               for s in ("train", "dev", "test") if s in csvs}
     return {"layout": layout, "root": str(root), "splits": splits}
@@ -115,12 +106,8 @@ def describe(descriptor: dict[str, Any]) -> str:
 
 
 def write_descriptor(out_dir: str | os.PathLike[str], descriptor: dict[str, Any]) -> Path:
-    """Write ``<out_dir>/meld.json`` with no absolute path in it (same bytes in any checkout).
-
-    ``root`` is relative to the descriptor's folder when the files live under it (demo, kaggle),
-    else the folder as the user gave it in ``data.local_path`` (``root_base: cwd``); split paths
-    are relative to ``root``.
-    """
+    """Write ``<out_dir>/meld.json``: ``root`` relative to it when the files live under it (demo, kaggle),
+    else as given in ``data.local_path`` (``root_base: cwd``); split paths relative to ``root``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     root = Path(descriptor["root"]).resolve()
@@ -155,27 +142,17 @@ def read_descriptor(raw_dir: str | os.PathLike[str]) -> dict[str, Any]:
             raise TypeError("splits must map each split to its csv and clips")
     except (ValueError, KeyError, TypeError) as exc:
         raise SourceError(f"{path} is not a MELD descriptor ({exc}); re-run `dvc repro download`") from None
-    base = desc.pop("root_base", None)
-    if base is None:  # an older descriptor with absolute paths
-        if not Path(stored_root).exists() and desc.get("root_in_raw"):
-            new_root = str((Path(raw_dir) / desc["root_in_raw"]).resolve())
-            rebase = lambda p: p if p is None else new_root + p[len(stored_root):]  # noqa: E731
-            desc["root"] = new_root
-            desc["splits"] = {s: {k: rebase(v) for k, v in e.items()} for s, e in splits.items()}
-    else:
-        anchor = Path(raw_dir) if base == "descriptor" else Path.cwd()
-        root = (anchor / Path(stored_root).expanduser()).resolve()
-        desc["root"] = str(root)
-        desc["splits"] = {s: {"csv": str(root / e["csv"]), "clips": str(root / e["clips"]) if e.get("clips") else None}
-                          for s, e in splits.items()}
+    anchor = Path(raw_dir) if desc.pop("root_base", None) == "descriptor" else Path.cwd()
+    root = (anchor / Path(stored_root).expanduser()).resolve()
+    desc["root"] = str(root)
+    desc["splits"] = {s: {"csv": str(root / e["csv"]), "clips": str(root / e["clips"]) if e.get("clips") else None}
+                      for s, e in splits.items()}
     for split, entry in desc["splits"].items():
         if not Path(entry["csv"]).exists():
             raise SourceError(f"{path}: the {split} CSV {entry['csv']} is gone; re-run the download "
                               f"stage or fix data.local_path")
     return desc
 
-
-# ----------------------------------------------------------------------------- sources
 
 def fetch_demo(out_dir: Path, params: DataParams) -> dict[str, Any]:
     from hlm12erc.data import demo
@@ -184,9 +161,7 @@ def fetch_demo(out_dir: Path, params: DataParams) -> dict[str, Any]:
     if root.exists():
         shutil.rmtree(root)
     broken = demo.generate(root, seed=params.demo.seed, dialogues=params.demo.dialogues)
-    desc = {"source": "demo", **detect_layout(root)}
-    desc["demo_broken"] = broken
-    return desc
+    return {"source": "demo", **detect_layout(root), "demo_broken": broken}
 
 
 def fetch_local(params: DataParams) -> dict[str, Any]:
@@ -197,11 +172,8 @@ def fetch_local(params: DataParams) -> dict[str, Any]:
 
 
 def make_kaggle_api() -> Any:
-    """An authenticated ``KaggleApi``, or a :class:`SourceError` saying how to add credentials.
-
-    ``import kaggle`` authenticates at import and prints help / exits when there are no
-    credentials, so the import happens here, silenced, and every failure becomes one message.
-    """
+    """An authenticated ``KaggleApi``, or a :class:`SourceError` saying how to add credentials (``import
+    kaggle`` prints help and exits without them, so it is imported here, silenced)."""
     sink = io.StringIO()
     try:
         with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
@@ -227,12 +199,8 @@ def _wanted(name: str) -> bool:
 
 def safe_extract_zip(archive: str | os.PathLike[str], target: str | os.PathLike[str],
                      wanted: Callable[[str], bool] = _wanted) -> int:
-    """Extract the ``wanted`` members of ``archive`` into ``target``; refuses zip-slip.
-
-    Every member is checked before anything is written: one whose resolved path leaves
-    ``target`` (``../x``, an absolute path, a drive letter) aborts with a SourceError.
-    Returns the number of files extracted.
-    """
+    """Extract the ``wanted`` members of ``archive`` into ``target``; returns how many. Every member is
+    checked before anything is written: one that would leave ``target`` (zip-slip) is a SourceError."""
     target = Path(target).resolve()
     target.mkdir(parents=True, exist_ok=True)
     try:

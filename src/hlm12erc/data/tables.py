@@ -1,14 +1,9 @@
 """Descriptor + extract manifest -> the 1NF tables ``train/valid/test/sample.csv``.
 
-Split protocol:
-
-* train, dev and test CSVs present: MELD train -> train, dev -> valid, test -> test.
-* no test CSV (e.g. the text-only train+dev release): ``data.valid_fraction`` of the train
-  *dialogues* (seeded, :func:`meld.holdout_dialogues`) become valid and dev becomes test.
-* no dev CSV: valid is held out of train the same way; test -> test.
-
-Rows whose media failed are kept: ``x_visual``/``x_audio`` are empty for the failed modality
-and ``media_status`` says why, so media models mask them and text models still use them.
+MELD train -> train, dev -> valid, test -> test; without a test CSV (the text-only train+dev release)
+dev -> test. When dev is missing or is the test split, valid is ``data.valid_fraction`` of the train
+*dialogues* (seeded). Rows whose media failed are kept with that modality empty and ``media_status`` saying why,
+so media models mask them and text models still use them.
 """
 
 from __future__ import annotations
@@ -16,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -24,8 +20,6 @@ import pandas as pd
 from hlm12erc.config import DataParams, TablesParams
 from hlm12erc.data import meld
 from hlm12erc.data.meld import DataError
-
-TABLE_FILES = ("train", "valid", "test", "sample")
 
 
 def split_plan(descriptor: dict[str, Any]) -> dict[str, str]:
@@ -61,14 +55,10 @@ def attach_media(table: pd.DataFrame, manifest: pd.DataFrame | None, media_dir: 
     rel = os.path.relpath(Path(media_dir).resolve(), Path(table_dir).resolve())
     index = {(s, c): row for s, c, row in zip(manifest["source_split"], manifest["clip_id"],
                                                manifest.itertuples(index=False))}
+    no_media = SimpleNamespace(frames_dir="", wav="", status="text_only")  # a row the manifest lacks
     visual, audio, status = [], [], []
     for source_split, cid in zip(table["source_split"], table["clip_id"]):
-        row = index.get((source_split, cid))
-        if row is None:
-            visual.append("")
-            audio.append("")
-            status.append("text_only")
-            continue
+        row = index.get((source_split, cid), no_media)
         visual.append(Path(rel, row.frames_dir).as_posix() if row.frames_dir else "")
         audio.append(Path(rel, row.wav).as_posix() if row.wav else "")
         status.append(row.status)
