@@ -46,3 +46,20 @@ def page_json(path: Path) -> dict:
     """The data blob a page renders."""
     text = Path(path).read_text(encoding="utf-8")
     return json.loads(re.search(r'<script type="application/json" id="data">(.*?)</script>', text, re.S).group(1))
+
+
+WAIT_S = 20
+
+
+def open_page(browser, path: Path, fragment: str = ""):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get("about:blank")  # a new document each time, even when only the fragment differs
+    browser.get(path.resolve().as_uri() + fragment)
+    WebDriverWait(browser, WAIT_S).until(lambda d: d.execute_script("return document.body.dataset.ready === '1'"))
+    return browser
+
+
+def shown_clips(browser) -> list[str]:
+    return browser.execute_script(
+        "return Array.from(document.querySelectorAll('.turn:not(.hide)')).map(e => e.dataset.clip)")

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,6 +94,21 @@ def test_fusion_beats_every_unimodal_model_on_demo_test(demo_clone: Path) -> Non
     assert scores["text_finetune"] > 0.45, "the fine-tuned text branch must learn on the demo"
     assert _metrics(demo_clone, "final")["weighted_f1"] > max(scores.values())
     assert _metrics(demo_clone, "multimodal")["weighted_f1"] > max(scores[n] for n in FROZEN_UNIMODAL)
+
+
+@pytest.mark.slow
+def test_the_demo_page_shows_its_dialogues_and_exactly_the_wrong_turns(demo_clone: Path, browser) -> None:
+    """The pages stage's own output, from disk, in Chromium: every test turn is on the page and errors-only
+    leaves exactly the turns that predictions.csv has wrong."""
+    from pages_support import open_page, shown_clips
+
+    frame = pd.read_csv(demo_clone / "plots" / "final" / "predictions.csv")
+    open_page(browser, demo_clone / "reports" / "final" / "index.html")
+    assert sorted(shown_clips(browser)) == sorted(frame["clip_id"].astype(str))
+    browser.find_element("id", "f-err").click()
+    wrong = frame.loc[frame["label"] != frame["predicted"], "clip_id"].astype(str)
+    assert len(wrong) > 0 and sorted(shown_clips(browser)) == sorted(wrong)
+    assert (demo_clone / "reports" / "index.html").is_file()
 
 
 @pytest.mark.slow

@@ -7,8 +7,6 @@ resolve (audio embedded and, over the budget, linked from file://)."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -17,15 +15,9 @@ import pytest
 from hlm12erc.config import MELD_LABELS
 from hlm12erc.data.meld import load_table
 from hlm12erc.pages import Evaluated, build_pages
-from pages_support import write_demo_tables, write_predictions
-
-CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-if not (CHROMIUM.is_file() and DRIVER.exists()):
-    pytest.skip("no /usr/bin/chromium or /usr/bin/chromedriver (apt-get install chromium chromium-driver)",
-                allow_module_level=True)
+from pages_support import WAIT_S, open_page, shown_clips, write_demo_tables, write_predictions
 
 NAMES = ("final", "text_finetune")
-WAIT_S = 20
 
 
 @pytest.fixture(scope="module")
@@ -44,39 +36,6 @@ def site(data_demo_media, tmp_path_factory) -> Path:
                                        audio_budget=budget)
         assert len(written) == 2 and not refused
     return root
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="hlm12erc-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,1400", f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(str(DRIVER)), options=options)
-    driver.set_page_load_timeout(WAIT_S)
-    yield driver
-    driver.quit()
-    shutil.rmtree(profile, ignore_errors=True)
-
-
-def open_page(browser, path: Path, fragment: str = ""):
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    browser.get("about:blank")  # a new document each time, even when only the fragment differs
-    browser.get(path.resolve().as_uri() + fragment)
-    WebDriverWait(browser, WAIT_S).until(lambda d: d.execute_script("return document.body.dataset.ready === '1'"))
-    return browser
-
-
-def shown_clips(browser) -> list[str]:
-    return browser.execute_script(
-        "return Array.from(document.querySelectorAll('.turn:not(.hide)')).map(e => e.dataset.clip)")
 
 
 def predictions(site: Path, name: str = "final") -> pd.DataFrame:
