@@ -29,7 +29,7 @@ demo: setup
 
 # Lint first (seconds), then the suite.
 test: setup lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 # The unit tests alone (under 3 minutes): no whole-pipeline, subprocess or server test (marked slow).
 test-fast: setup lint
