@@ -1,8 +1,8 @@
 """What every benchmark shares: timing, peak memory, the machine, params overrides, and its page.
 
-Peak memory is measured one way everywhere: ``ru_maxrss`` (the peak resident set of a process),
-of this process (:func:`peak_rss_mib`) or of one child that has exited (:func:`run_measured`,
-through ``os.wait4``). A measurement whose peak should be its own runs in a child process.
+Peak memory is the peak resident set of a process: of this one (:func:`peak_rss_mib`, ``ru_maxrss``) or
+of a child (:func:`run_measured`, its own ``VmHWM``: a child's ``ru_maxrss`` starts at its parent's size).
+A measurement whose peak should be its own runs in a child process.
 
 Each script ends with :func:`write_page`: its table under ``docs/benchmarks/<script>.md`` with
 the command, the machine and the date, so no figure there is typed by hand.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import re
 import resource
 import shlex
 import subprocess
@@ -79,21 +80,38 @@ def peak_rss_mib() -> float:
     return _mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
+def _high_water_kib(pid: int) -> int:
+    """``VmHWM`` of a live process: the peak of its own address space (unlike ``ru_maxrss``, which a child
+    inherits from the parent it was forked from, so a big parent inflates every child's figure)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+    return int(match.group(1)) if match else 0
+
+
 def run_measured(command: Sequence[str], env: dict[str, str] | None = None,
                  cwd: Path = REPO) -> tuple[subprocess.CompletedProcess, float, float]:
-    """Run ``command``; its result (stdout/stderr text), wall seconds and peak RSS in MiB (``ru_maxrss`` of the
-    child from ``wait4``: the largest of it and the descendants it waited for)."""
+    """Run ``command``; its result (stdout/stderr text), wall seconds and peak RSS in MiB (the child's
+    ``VmHWM``, read every 20 ms while it runs; ``ru_maxrss`` where /proc has none)."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:  # no pipe to fill up
         start = time.perf_counter()
         proc = subprocess.Popen(list(command), cwd=cwd, env={**os.environ, **(env or {})}, text=True,
                                 stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
+        peak_kib = 0
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            peak_kib = max(peak_kib, _high_water_kib(proc.pid))
+            time.sleep(0.02)
         seconds = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         result = subprocess.CompletedProcess(list(command), proc.returncode, out.read(), err.read())
-    return result, seconds, _mib(usage.ru_maxrss)
+    return result, seconds, peak_kib / 1024.0 if peak_kib else _mib(usage.ru_maxrss)
 
 
 def machine() -> str:

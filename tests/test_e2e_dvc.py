@@ -236,17 +236,18 @@ def test_queued_experiments_run_in_parallel_and_log_into_the_repo_store(demo_clo
     """`dvc exp run --queue` x2 + `dvc queue start -j 2`, as a user runs it (no HLM12ERC_MLFLOW_URI).
 
     Queued experiments run in copies under .dvc/tmp/exps/; their MLflow runs must land in the
-    repo's own mlflow.db (found through DVC_ROOT), created by whichever stage logs first: the
-    store is moved away first, so both experiments' headline stages race to create it.
+    repo's own mlflow.db (found through DVC_ROOT), created by the first stage that logs: the store
+    is moved away first. `-S model=fusion` re-runs only the headline copy (it logs nothing);
+    `-S objectives.mock.epochs=3` retrains and re-evaluates mock, whose runs are the ones logged.
     """
     env = {k: v for k, v in os.environ.items() if k != "HLM12ERC_MLFLOW_URI"}
     store = demo_clone / "mlflow.db"
     if store.exists():
         store.rename(tmp_path / "mlflow-before-queue.db")
     _commit_workspace(demo_clone, "before the queue")
-    names = {"q-fusion": "fusion", "q-baseline": "baseline"}  # headline objectives never run here yet
-    for name, model in names.items():
-        _dvc(demo_clone, "exp", "run", "--queue", "-n", name, "-S", f"model={model}", env=env)
+    names = {"q-fusion": "model=fusion", "q-mock": "objectives.mock.epochs=3"}
+    for name, setting in names.items():
+        _dvc(demo_clone, "exp", "run", "--queue", "-n", name, "-S", setting, env=env)
     started = time.perf_counter()
     try:
         _dvc(demo_clone, "queue", "start", "-j", "2", env=env)
@@ -255,19 +256,23 @@ def test_queued_experiments_run_in_parallel_and_log_into_the_repo_store(demo_clo
         _dvc(demo_clone, "queue", "stop", check=False, env=env)
     print(f"two queued experiments, -j 2: {time.perf_counter() - started:.0f} s")
     logs = {name: _dvc(demo_clone, "queue", "logs", name, check=False, env=env).stdout for name in names}
+    ran = {}
     for name in names:
         assert f"{name}" in status and "Success" in status.split(name, 1)[1].splitlines()[0], (status, logs[name])
-        ran = [line for line in logs[name].splitlines() if line.startswith("Running stage")]
-        assert ran and all("headline" in line for line in ran), (name, ran)
+        ran[name] = {line.split("'")[1] for line in logs[name].splitlines() if line.startswith("Running stage")}
+    assert ran["q-fusion"] == {"headline"}, ran
+    assert {"train@mock", "evaluate@mock", "report"} <= ran["q-mock"] and "headline" not in ran["q-mock"], ran
 
     shown = json.loads(_dvc(demo_clone, "exp", "show", "--json", env=env).stdout)
     experiments = {exp["name"]: exp for row in shown for exp in (row.get("experiments") or [])}
-    for name, model in names.items():
+    for name in names:
         assert experiments[name]["executor"]["state"] == "success", experiments[name]
-        data = experiments[name]["revs"][0]["data"]
-        assert data["params"]["params.yaml"]["data"]["model"] == model
-        headline = data["metrics"]["metrics/headline.json"]["data"]
-        assert headline["objective"] == model and 0 < headline["weighted_f1"] <= 1, headline
+    data = experiments["q-fusion"]["revs"][0]["data"]
+    assert data["params"]["params.yaml"]["data"]["model"] == "fusion"
+    headline = data["metrics"]["metrics/headline.json"]["data"]
+    assert headline["objective"] == "fusion" and 0 < headline["weighted_f1"] <= 1, headline
+    data = experiments["q-mock"]["revs"][0]["data"]
+    assert data["params"]["params.yaml"]["data"]["objectives"]["mock"]["epochs"] == 3
 
     assert store.is_file(), "the queued runs did not create the repo's mlflow.db"
     assert not list((demo_clone / ".dvc" / "tmp").rglob("mlflow.db*"))
@@ -278,6 +283,7 @@ def test_queued_experiments_run_in_parallel_and_log_into_the_repo_store(demo_clo
     experiment = client.get_experiment_by_name("hlm12erc")
     runs = client.search_runs([experiment.experiment_id])
     logged = {(r.data.tags.get("dvc_exp_name"), r.data.tags.get("dvc_stage"), r.info.status) for r in runs}
-    for name in names:
-        assert (name, "headline", "FINISHED") in logged, sorted(map(str, logged))  # its registration run
+    for stage in ("train@mock", "evaluate@mock"):
+        assert ("q-mock", stage, "FINISHED") in logged, sorted(map(str, logged))
+    assert not any(exp == "q-fusion" for exp, _, _ in logged), sorted(map(str, logged))  # a copy logs nothing
     assert experiment.artifact_location == (demo_clone / "mlartifacts").resolve().as_uri()
