@@ -52,6 +52,18 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def _reraise_swallowed_exit(unraisable: object, previous: Callable[[object], object]) -> None:
+    """The SIGTERM's SystemExit, raised inside a weakref callback or a ``__del__``, is swallowed by Python
+    ("Exception ignored in ...") and the stage would run on: signal it again, to land in ordinary code."""
+    if isinstance(getattr(unraisable, "exc_value", None), SystemExit) and _ending.is_set():
+        _ending.clear()
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        # from another thread: sent from here, the handler would run (and be swallowed) inside this hook
+        threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        return
+    previous(unraisable)
+
+
 def _signal_when_orphaned(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(POLL_S)
@@ -68,6 +80,8 @@ def end_with_parent() -> None:
     """
     parent = os.getppid()
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    previous = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: _reraise_swallowed_exit(unraisable, previous)
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)
