@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         shown = "final" if "final" in names else names[0]
         for seed, name in enumerate(names):
             predictions(table, work / "plots" / name / "predictions.csv", seed)
-        objectives = [Evaluated(n, work / "plots" / n / "predictions.csv", None, ("text", "audio", "visual"))
+        objectives = [Evaluated(n, work / "plots" / n / "predictions.csv", ("text", "audio", "visual"))
                       for n in names]
         with common.timed() as writing:
             written, _ = build_pages(test, objectives, work / "reports", MELD_LABELS, reference=shown)

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tables", default="data/tables")
     parser.add_argument("--split", default="test", help="the split the evaluate stages scored")
     parser.add_argument("--plots", default="plots", help="folder of <objective>/predictions.csv")
-    parser.add_argument("--metrics", default="metrics", help="folder of <objective>.json and objectives.csv")
+    parser.add_argument("--report", default="metrics/objectives.csv", help="the report stage's table (the scores)")
     parser.add_argument("--out", default="reports")
     parser.add_argument("--audio-budget-mb", type=float, default=None,
                         help="embed a page's audio (8 kHz 16-bit) up to this size, else link the wavs (default 4)")
@@ -35,14 +35,14 @@ def main(argv: list[str] | None = None) -> int:
         from hlm12erc.pages import Evaluated, build_pages
 
         params = load_params(args.params)
-        objectives = [Evaluated(name, Path(args.plots) / name / "predictions.csv", Path(args.metrics) / f"{name}.json",
+        objectives = [Evaluated(name, Path(args.plots) / name / "predictions.csv",
                                 tuple(params.objective(name).modalities)) for name in params.objectives]
         budget = AUDIO_BUDGET if args.audio_budget_mb is None else int(args.audio_budget_mb * 1e6)
         # The index compares each objective with the study's last one (not params `model`: switching the headline
         # with `dvc exp run -S model=...` re-runs only the headline stage).
         written, refused = build_pages(Path(args.tables) / f"{args.split}.csv", objectives, args.out, params.labels,
                                        args.split, objectives[-1].name if objectives else None,
-                                       Path(args.metrics) / "objectives.csv", budget)
+                                       args.report, budget)
         if not args.no_mlflow:
             from hlm12erc import tracking
 

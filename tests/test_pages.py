@@ -14,6 +14,7 @@ import pytest
 
 from conftest import ERC_LABELS
 from hlm12erc.data.meld import load_table
+from hlm12erc.metrics import compute_metrics
 from hlm12erc.pages import Evaluated, PageError, align, build_pages, read_predictions, write_predict_page
 from pages_support import page_json, write_predictions
 
@@ -39,7 +40,7 @@ def corpus(erc_tables, tmp_path) -> Path:
 
 
 def objectives(root: Path, names=("final", "text_finetune")) -> list[Evaluated]:
-    return [Evaluated(n, root / "plots" / n / "predictions.csv", None, MODALITIES) for n in names]
+    return [Evaluated(n, root / "plots" / n / "predictions.csv", MODALITIES) for n in names]
 
 
 def build(root: Path, out: Path, **kwargs):
@@ -76,6 +77,29 @@ def test_a_page_holds_every_turn_with_its_prediction_media_and_comparison(corpus
                    "re-run the extract stage (`dvc repro extract`)"]
     index = (corpus / "reports" / "index.html").read_text()
     assert 'href="final/index.html"' in index and 'href="text_finetune/index.html#compare=final"' in index
+
+
+def test_the_page_takes_its_range_from_the_report_and_drops_a_stale_one(corpus, capsys):
+    """weighted-F1's bootstrap range comes from metrics/objectives.csv; a report that disagrees with the
+    predictions is named in one line and the page shows no range."""
+    table = pd.read_csv(corpus / "tables" / "test.csv", keep_default_na=False)
+    scores = {}
+    for name in ("final", "text_finetune"):
+        predictions = pd.read_csv(corpus / "plots" / name / "predictions.csv")
+        scores[name] = round(compute_metrics(table["label"].tolist(), predictions["predicted"].tolist(),
+                                             ERC_LABELS)["weighted_f1"], 4)
+    report = corpus / "objectives.csv"
+    pd.DataFrame({"objective": ["final", "text_finetune"], "weighted_f1": [scores["final"], 0.9999],
+                  "weighted_f1_low": [0.25, 0.5], "weighted_f1_high": [0.75, 0.6]}).to_csv(report, index=False)
+    build(corpus, corpus / "reports", objectives_csv=report)
+    assert page_json(corpus / "reports" / "final" / "index.html")["metrics"]["ci"] == [0.25, 0.75]
+    stale = page_json(corpus / "reports" / "text_finetune" / "index.html")
+    assert stale["metrics"]["ci"] is None
+    warned = [line for line in capsys.readouterr().err.splitlines() if "the report says" in line]
+    assert len(warned) == 1 and "0.9999" in warned[0] and f"{scores['text_finetune']:.4f}" in warned[0]
+    assert any("the report says" in note for note in stale["notes"])
+    assert "<td>final</td>" not in (corpus / "reports" / "index.html").read_text()  # linked, with its scores
+    assert "0.9999" in (corpus / "reports" / "index.html").read_text()
 
 
 def test_two_writes_give_identical_bytes_and_no_absolute_paths(corpus):
@@ -195,7 +219,7 @@ def test_the_stage_script_writes_every_page_and_logs_each_into_its_evaluate_run(
     with tracking.start_run("evaluate", "final") as run:
         evaluate_id = run.info.run_id
     code = stage.main(["--params", str(ROOT / "params.yaml"), "--tables", str(corpus / "tables"),
-                       "--plots", str(corpus / "plots"), "--metrics", str(corpus / "metrics"),
+                       "--plots", str(corpus / "plots"), "--report", str(corpus / "metrics" / "objectives.csv"),
                        "--out", str(corpus / "reports")])
     assert code == 0
     assert sorted(p.name for p in (corpus / "reports").iterdir()) == sorted([*names, "index.html"])

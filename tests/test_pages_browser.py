@@ -30,7 +30,7 @@ def site(data_demo_media, tmp_path_factory) -> Path:
     objectives = []
     for seed, name in enumerate(NAMES):
         write_predictions(table, root / "plots" / name / "predictions.csv", seed)
-        objectives.append(Evaluated(name, root / "plots" / name / "predictions.csv", None, ("text", "audio", "visual")))
+        objectives.append(Evaluated(name, root / "plots" / name / "predictions.csv", ("text", "audio", "visual")))
     for out, budget in (("reports", 4_000_000), ("linked", 0)):
         written, refused = build_pages(test, objectives, root / out, MELD_LABELS, reference="final",
                                        audio_budget=budget)

@@ -114,7 +114,7 @@ def used_modalities(table: pd.DataFrame, media: Media, modalities: Sequence[str]
 
 def page_data(table: pd.DataFrame, media: Media, labels: Sequence[str], aligned: Aligned, used: Sequence[str],
               page_dir: Path, *, title: str, split: str | None, modalities: Sequence[str], gold: bool = True,
-              metrics_json: dict | None = None, compare: dict[str, Aligned] | None = None,
+              reported: dict | None = None, compare: dict[str, Aligned] | None = None,
               notes: Sequence[str] = ()) -> dict:
     """The JSON the page template renders: header, dialogues in table order, turns in sequence order."""
     labels = list(labels)
@@ -126,11 +126,13 @@ def page_data(table: pd.DataFrame, media: Media, labels: Sequence[str], aligned:
         actual = [labels[i] for i in gold_ids[scored]]
         guessed = [labels[i] for i in aligned.predicted[scored]]
         scores = compute_metrics(actual, guessed, labels)
-        ci = (metrics_json or {}).get("weighted_f1_ci95")
-        if metrics_json and abs(float(metrics_json.get("weighted_f1", -1)) - scores["weighted_f1"]) > 1e-6:
-            warn(f"{title}: its metrics JSON says weighted-F1 {float(metrics_json.get('weighted_f1', -1)):.4f}, "
-                 f"these predictions give {scores['weighted_f1']:.4f} (stale file?); the page shows the latter "
-                 "without a bootstrap range: re-run evaluate", notes)
+        reported = reported or {}
+        ci = [reported.get("weighted_f1_low"), reported.get("weighted_f1_high")]
+        ci = ci if all(isinstance(v, float) and np.isfinite(v) for v in ci) else None
+        if reported and abs(float(reported.get("weighted_f1", -1)) - scores["weighted_f1"]) > 5e-5:
+            warn(f"{title}: the report says weighted-F1 {float(reported.get('weighted_f1', -1)):.4f}, these "
+                 f"predictions give {scores['weighted_f1']:.4f} (stale file?); the page shows the latter without "
+                 "a bootstrap range: re-run evaluate and report", notes)
             ci = None
         metrics = {"n": scores["n"], "accuracy": round(scores["accuracy"], 6),
                    "weighted_f1": round(scores["weighted_f1"], 6), "macro_f1": round(scores["macro_f1"], 6),
@@ -187,19 +189,23 @@ def write_text(path: Path, text: str) -> Path:
 
 @dataclass(frozen=True)
 class Evaluated:
-    """One evaluated objective: its predictions, its metrics JSON and the modalities its model reads."""
+    """One evaluated objective: its predictions and the modalities its model reads."""
 
     name: str
     predictions: Path
-    metrics: Path | None
     modalities: tuple[str, ...]
 
 
-def _metrics_json(path: Path | None) -> dict | None:
+def _report(objectives_csv: str | os.PathLike[str] | None) -> pd.DataFrame:
+    """The report stage's objectives table (weighted-F1 and its bootstrap range per objective), or an empty one."""
+    empty = pd.DataFrame({"objective": pd.Series(dtype=str)})
+    if not objectives_csv or not Path(objectives_csv).is_file():
+        return empty
     try:
-        return json.loads(path.read_text(encoding="utf-8")) if path and path.is_file() else None
-    except (OSError, ValueError):
-        return None
+        table = pd.read_csv(objectives_csv, dtype={"objective": str})
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
+        return empty
+    return table if "objective" in table else empty
 
 
 def build_pages(table_path: str | os.PathLike[str], objectives: Sequence[Evaluated], out_dir: str | os.PathLike[str],
@@ -209,6 +215,8 @@ def build_pages(table_path: str | os.PathLike[str], objectives: Sequence[Evaluat
     """Write ``<out>/<objective>/index.html`` per objective and ``<out>/index.html`` (linking each page's
     disagreements with ``reference``); returns (the page folders written, ``{objective: why}`` of those refused)."""
     out = Path(out_dir)
+    report = _report(objectives_csv)
+    reported = {str(row["objective"]): row for row in report.to_dict("records")}
     table = load_table(table_path, labels)
     media = collect_media(table, audio_budget)
     aligned: dict[str, Aligned] = {}
@@ -231,10 +239,10 @@ def build_pages(table_path: str | os.PathLike[str], objectives: Sequence[Evaluat
         data = page_data(table, media, labels, aligned[objective.name],
                          used_modalities(table, media, objective.modalities), page_dir,
                          title=f"{objective.name} on {split}", split=split, modalities=objective.modalities,
-                         metrics_json=_metrics_json(objective.metrics), compare=others, notes=notes[objective.name])
+                         reported=reported.get(objective.name), compare=others, notes=notes[objective.name])
         write_text(page_dir / "index.html", render(data))
         written.append(page_dir)
-    write_index(out, [o.name for o in objectives], refused, reference, objectives_csv, split)
+    write_index(out, [o.name for o in objectives], refused, reference, report, split)
     return written, refused
 
 
@@ -245,11 +253,9 @@ def _cell(value: object) -> str:
 
 
 def write_index(out: Path, names: Sequence[str], refused: dict[str, str], reference: str | None,
-                objectives_csv: str | os.PathLike[str] | None, split: str) -> Path:
+                report: pd.DataFrame, split: str) -> Path:
     """``<out>/index.html``: the objectives table with a link to each page, and a comparison picker."""
-    csv = Path(objectives_csv) if objectives_csv else None
-    table = pd.read_csv(csv) if csv and csv.is_file() else pd.DataFrame({"objective": list(names)})
-    table = table[table["objective"].astype(str).isin(names)]
+    table = report[report["objective"].isin(names)] if len(report) else pd.DataFrame({"objective": list(names)})
     present = [n for n in names if n not in refused]
     head = reference if reference in present else (present[0] if present else "")
     columns = [c for c in table.columns if c != "objective"]
