@@ -30,15 +30,20 @@ def _watch_parent(parent: int) -> None:
         time.sleep(POLL_S)
 
 
-def die_with_parent(parent: int) -> None:
-    """Pool initializer: end this worker when process ``parent`` is gone."""
+def _signal_on_parent_death(signum: int, parent: int) -> bool:
+    """Ask Linux to send ``signum`` when the parent dies; False if ``parent`` is already gone (a thread
+    watches too, for platforms without ``prctl``)."""
     if sys.platform.startswith("linux"):
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
         except (OSError, AttributeError):  # pragma: no cover - no prctl: the thread still watches
             pass
-    if os.getppid() != parent:  # the parent died before this worker armed the signal
+    return os.getppid() == parent
+
+
+def die_with_parent(parent: int) -> None:
+    """Pool initializer: end this worker when process ``parent`` is gone."""
+    if not _signal_on_parent_death(signal.SIGKILL, parent):  # died before this worker armed the signal
         os._exit(1)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="watch-parent").start()
 
@@ -82,13 +87,7 @@ def end_with_parent() -> None:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     previous = sys.unraisablehook
     sys.unraisablehook = lambda unraisable: _reraise_swallowed_exit(unraisable, previous)
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        except (OSError, AttributeError):  # pragma: no cover - no prctl: the thread still watches
-            pass
-    if os.getppid() != parent:  # pragma: no cover - the parent died before the signal was armed
+    if not _signal_on_parent_death(signal.SIGTERM, parent):  # pragma: no cover - died before the signal was armed
         raise SystemExit(128 + signal.SIGTERM)
     threading.Thread(target=_signal_when_orphaned, args=(parent,), daemon=True, name="watch-parent").start()
 

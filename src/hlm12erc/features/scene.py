@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import torch
 
-from hlm12erc.features.weights import efficientnet_lite0_file, package_dir
+from hlm12erc.features.weights import device_or_default, efficientnet_lite0_file, package_dir
 
 SIZE = 224
 DIM = 1280
@@ -55,7 +55,7 @@ class SceneEncoder:
     dim = DIM
 
     def __init__(self, device: str | None = None):
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = device_or_default(device)
         self.net = _load(self.device)
 
     @torch.no_grad()

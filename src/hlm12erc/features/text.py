@@ -22,6 +22,7 @@ import torch
 
 from hlm12erc.config import TextFeatureParams
 from hlm12erc.data.context import previous_turns
+from hlm12erc.features.weights import device_or_default
 
 EMBEDDING_DIM = 384  # all-MiniLM-L6-v2 (the default)
 
@@ -53,7 +54,7 @@ class TextEncoder:
 
     def __init__(self, params: TextFeatureParams, device: str | None = None):
         self.params = params
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = device_or_default(device)
         self.tokenizer, self.model = _load_minilm(self.device, params.encoder)
         self.dim = int(self.model.config.hidden_size)
 

@@ -38,6 +38,13 @@ INSTALL = {
 }
 
 
+def device_or_default(device: str | None) -> str:
+    """The device asked for, else CUDA when present, else the CPU."""
+    import torch
+
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def package_dir(package: str, why: str) -> Path:
     """The installed folder of ``package`` (not imported), or a one-line ImportError saying what to install."""
     spec = importlib.util.find_spec(package)

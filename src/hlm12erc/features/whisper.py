@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 
+from hlm12erc.features.weights import device_or_default
+
 SAMPLE_RATE = 16000
 N_FFT, HOP = 400, 160
 MAX_SECONDS = 30.0  # Whisper's window; longer audio is cut here (the extract stage caps clips at 30 s too)
@@ -190,7 +192,7 @@ class WhisperAudioEncoder:
     """A 16 kHz mono wave -> mean ⊕ std of the Whisper encoder frames over the real audio."""
 
     def __init__(self, size: str = "base", device: str | None = None):
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = device_or_default(device)
         self.model = _load_encoder(size, self.device)
         self.dim = 2 * self.model.dim
 
