@@ -8,7 +8,7 @@ from conftest import ERC_LABELS
 from hlm12erc.config import AudioFeatureParams, VisualFeatureParams
 from hlm12erc.data.context import previous_turns
 from hlm12erc.data.meld import load_table
-from hlm12erc.features.audio import LogMelEncoder, audio_features, build_audio_encoder, read_wav
+from hlm12erc.features.audio import LogMelEncoder, audio_features, read_wav
 from hlm12erc.features.store import FeatureSet
 from hlm12erc.features.text import EMBEDDING_DIM
 from hlm12erc.features.visual import build_frame_encoder, visual_features
@@ -84,13 +84,9 @@ def test_visual_without_a_face_is_zeros_and_flagged(erc_tables):
     assert no_faces.shape[1] == 25 + 4 * 4
 
 
-def test_optional_encoders_fail_with_how_to_fix():
-    with pytest.raises(ValueError, match="weights_path"):
-        build_frame_encoder(VisualFeatureParams(encoder="torchvision"))
-    try:
-        import opensmile  # noqa: F401
-    except ImportError:
-        with pytest.raises(ImportError, match="pip install opensmile.*research"):
-            build_audio_encoder(AudioFeatureParams(encoder="egemaps"))
-    with pytest.raises(ValueError, match="not known"):
-        audio_features(pd.DataFrame({"x_audio": []}), AudioFeatureParams(encoder="mfcc"))
+def test_unknown_encoders_fail_naming_the_known_ones():
+    with pytest.raises(ValueError, match="not known; use one or more of efficientnet_lite0, stats"):
+        build_frame_encoder(VisualFeatureParams(encoder="efficientnet_lite0+torchvision"))
+    for removed in ("egemaps", "mfcc"):
+        with pytest.raises(ValueError, match="not known; use whisper or logmel"):
+            audio_features(pd.DataFrame({"x_audio": []}), AudioFeatureParams(encoder=removed))

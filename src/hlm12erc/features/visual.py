@@ -5,8 +5,6 @@ Whole frame (``encoder``, '+'-joined parts, each averaged over the K frames):
   ``stats``        per-channel RGB mean/std, an HSV histogram (8 hue, 4 sat, 4 value bins), a
                    grid x grid map of grayscale means, gradient energy, sharpness (Laplacian
                    variance) and motion (mean absolute difference of consecutive frames).
-  ``torchvision``  resnet18 penultimate layer (512 floats) from a *local* weights file
-                   (``weights_path``; torchvision's download does not work offline).
 Faces (``faces: mtcnn | haar | none``): the detector runs on every frame; the largest face of
 each frame is encoded by the FER2013 mini-Xception: 7 probabilities + 128-d embedding, averaged
 over the frames that have a face, then the share of the K frames with a face (136 floats).
@@ -22,7 +20,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-import torch
 from tqdm import tqdm
 
 from hlm12erc.config import VisualFeatureParams
@@ -69,34 +66,6 @@ class StatsEncoder:
         return np.concatenate([pixels.mean(0), pixels.std(0), hist, cells, [gradient, sharpness]])
 
 
-class ResNetEncoder:
-    """torchvision resnet18 without its classifier, from a local weights file; 512 floats."""
-
-    dim = 512
-
-    def __init__(self, weights_path: str, device: str | None = None):
-        if not weights_path:
-            raise ValueError("features.visual.encoder=torchvision needs features.visual.weights_path: a local "
-                             "resnet18 .pth (e.g. resnet18-f37072fd.pth); downloads do not work offline")
-        if not Path(weights_path).is_file():
-            raise FileNotFoundError(f"features.visual.weights_path={weights_path} does not exist")
-        import torchvision
-
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        net = torchvision.models.resnet18(weights=None)
-        net.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
-        net.fc = torch.nn.Identity()
-        self.net = net.to(self.device).eval()
-        self.mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-        self.std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-
-    @torch.no_grad()
-    def __call__(self, frames: list[np.ndarray]) -> np.ndarray:
-        batch = np.stack([cv2.resize(f, (224, 224)) for f in frames]).astype(np.float32) / 255.0
-        images = (torch.from_numpy(batch).permute(0, 3, 1, 2) - self.mean) / self.std
-        return self.net(images.to(self.device)).mean(0).cpu().numpy().astype(np.float32)
-
-
 class FaceEncoder:
     """Largest face per frame (MTCNN or Haar) -> FER2013 probabilities + embedding + the share of frames with one."""
 
@@ -141,7 +110,7 @@ class CombinedFrameEncoder:
         return np.concatenate([p(frames) for p in self.parts]).astype(np.float32)
 
 
-FRAME_ENCODERS = ("efficientnet_lite0", "stats", "torchvision")
+FRAME_ENCODERS = ("efficientnet_lite0", "stats")
 
 
 def build_frame_encoder(params: VisualFeatureParams) -> CombinedFrameEncoder:
@@ -151,15 +120,7 @@ def build_frame_encoder(params: VisualFeatureParams) -> CombinedFrameEncoder:
     if not names or unknown:
         raise ValueError(f"features.visual.encoder='{params.encoder}' is not known; use one or more of "
                          f"{', '.join(FRAME_ENCODERS)} joined by '+'")
-    parts = []
-    for name in names:
-        if name == "stats":
-            parts.append(StatsEncoder(params.grid))
-        elif name == "torchvision":
-            parts.append(ResNetEncoder(params.weights_path))
-        else:
-            parts.append(SceneFrameEncoder())
-    return CombinedFrameEncoder(parts)
+    return CombinedFrameEncoder([StatsEncoder(params.grid) if n == "stats" else SceneFrameEncoder() for n in names])
 
 
 def build_face_encoder(params: VisualFeatureParams) -> FaceEncoder | None:
