@@ -47,8 +47,6 @@ class Timer:
 
 
 @contextmanager
-
-
 def timed() -> Iterator[Timer]:
     """``with timed() as t: ...`` then ``t.seconds`` (wall clock, ``perf_counter``)."""
     timer, start = Timer(), time.perf_counter()
@@ -196,7 +194,5 @@ def params_with(overrides: dict | None = None, path: Path = REPO / "params.yaml"
 
 
 def fields_of(section: Any) -> dict[str, Any]:
-    """A params section (a dataclass or a pydantic model) as a plain mapping."""
-    if hasattr(section, "model_dump"):
-        return section.model_dump()
+    """A params section (a pydantic dataclass) as a plain mapping."""
     return dataclasses.asdict(section)

@@ -104,7 +104,7 @@ def encoders_for(seed: int, params: Params, train: pd.DataFrame, valid: pd.DataF
                  out: Path) -> tuple[ErcModel, dict]:
     """The seed's encoder (one member), fitted once and cached in ``out``, and its record (minutes, s/step, RSS)."""
     folder, path = out / "text_encoder", out / "text_encoder.json"
-    settings = {k: v for k, v in common.fields_of(params.text_encoder).items() if k != "eval_batch_size"}
+    settings = common.fields_of(params.text_encoder)
     if (folder / "config.json").exists() and path.exists():
         record = json.loads(path.read_text())
         saved, defaults = record.get("text_encoder", {}), common.fields_of(type(params.text_encoder)())
