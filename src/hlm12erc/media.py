@@ -57,13 +57,10 @@ def fingerprint(params: ExtractParams, src: str | None) -> str:
     """Extract params + the source's content hash (a ``dvc checkout`` changes mtimes, not bytes)."""
     keys = {"frames": params.frames, "frame_size": params.frame_size,
             "sample_rate": params.sample_rate, "max_seconds": params.max_seconds, "v": 2}
-    if src is None:
-        keys["src"] = None
-    else:
-        try:
-            keys["src"] = file_sha256(src)
-        except OSError:
-            keys["src"] = "absent"
+    try:
+        keys["src"] = None if src is None else file_sha256(src)
+    except OSError:
+        keys["src"] = "absent"
     return hashlib.sha1(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -126,10 +123,8 @@ def extract_one(job: Job, params: ExtractParams) -> tuple[dict[str, Any], bool]:
         return {**base, **{k: record[k] for k in ("status", "duration", "frames_dir", "wav")},
                 "fingerprint": fp}, False
     frames_dir, wav, state = _paths(job)
-    if not os.path.exists(job.src):
-        result: dict[str, Any] = {"status": "missing", "duration": float("nan"), "frames": None, "audio": None}
-    else:
-        result = decode_clip(job.src, params)
+    result = (decode_clip(job.src, params) if os.path.exists(job.src)
+              else {"status": "missing", "duration": float("nan"), "frames": None, "audio": None})
     if result["frames"] is not None:
         _write_frames(result["frames"], frames_dir)
     else:
@@ -157,12 +152,8 @@ def jobs_from_descriptor(descriptor: dict[str, Any], media_dir: str | os.PathLik
     for split, entry in descriptor["splits"].items():
         frame = meld.read_meld_csv(entry["csv"])
         clips = entry.get("clips")
-        seen: set[str] = set()
-        for dia, utt in zip(frame["Dialogue_ID"], frame["Utterance_ID"]):
+        for dia, utt in dict.fromkeys(zip(frame["Dialogue_ID"], frame["Utterance_ID"])):  # repeated rows: once
             cid = meld.clip_id(dia, utt)
-            if cid in seen:
-                continue
-            seen.add(cid)
             src = os.path.join(clips, f"{cid}.mp4") if clips else None
             jobs.append(Job(split, cid, int(dia), int(utt), src, media))
     return jobs

@@ -48,11 +48,7 @@ class _Corrupt(Exception):
 def _duration(container: Any) -> float:
     if container.duration:
         return container.duration / 1_000_000
-    best = 0.0
-    for stream in container.streams:
-        if stream.duration and stream.time_base:
-            best = max(best, float(stream.duration * stream.time_base))
-    return best
+    return max([0.0] + [float(s.duration * s.time_base) for s in container.streams if s.duration and s.time_base])
 
 
 def _grab_frames(container: Any, times: list[float], size: int) -> list[np.ndarray]:
@@ -63,9 +59,8 @@ def _grab_frames(container: Any, times: list[float], size: int) -> list[np.ndarr
     fps = float(stream.average_rate or 25)
     half = 0.5 / fps
     out: list[np.ndarray] = []
-    decoded = None
+    decoded = last = None
     position = 0.0
-    last = None
     for t in times:
         if decoded is None or t - position > SEEK_GAP_S:
             if decoded is not None or t > SEEK_GAP_S:
@@ -102,9 +97,8 @@ def _grab_audio(container: Any, rate: int, max_seconds: float) -> np.ndarray:
     for packet in container.demux(stream):
         for frame in packet.decode():
             for res in resampler.resample(frame):
-                arr = res.to_ndarray().reshape(-1)
-                chunks.append(arr)
-                total += arr.size
+                chunks.append(res.to_ndarray().reshape(-1))
+                total += chunks[-1].size
         if total >= limit:
             break
     else:
@@ -125,8 +119,7 @@ def decode_clip(src: str, params: ExtractParams) -> dict[str, Any]:
         return {"status": "corrupt", "duration": float("nan"), "frames": None, "audio": None}
     with container:
         duration = _duration(container)
-        has_video = bool(container.streams.video)
-        has_audio = bool(container.streams.audio)
+        has_video, has_audio = bool(container.streams.video), bool(container.streams.audio)
         if not has_video and not has_audio:
             return {"status": "corrupt", "duration": duration, "frames": None, "audio": None}
         span = min(duration, params.max_seconds) if duration > 0 else 0.0

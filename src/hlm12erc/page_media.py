@@ -45,18 +45,14 @@ class Media:
     notes: list[str] = field(default_factory=list)
 
 
-def _frame_files(folder: Path) -> list[Path]:
-    files = [p for p in folder.glob("*.png")] if folder.is_dir() else []
-    return sorted(files, key=lambda p: (0, int(p.stem), "") if p.stem.isdigit() else (1, 0, p.stem))
-
-
 def thumbnail(folder: str) -> tuple[str, str]:
     """(JPEG data URI of the centre frame, "") or ("", why not)."""
     from PIL import Image
 
     if not folder:
         return "", "no frame"
-    files = _frame_files(Path(folder))
+    pngs = Path(folder).glob("*.png") if Path(folder).is_dir() else []
+    files = sorted(pngs, key=lambda p: (0, int(p.stem), "") if p.stem.isdigit() else (1, 0, p.stem))
     if not files:
         return "", "frame missing"
     try:

@@ -1,7 +1,7 @@
 """The one dialogue-context builder: who spoke before and after each utterance.
 
 Every consumer (the frozen text features, the fine-tuned text encoder's input pairs, the
-dialogue-level model, cross-fitting folds) groups rows into dialogues and orders them here, so
+dialogue-level model, the dialogue bootstrap) groups rows into dialogues and orders them here, so
 training, featurize and predict see the same context.
 
 A dialogue is identified by every one of ``split``, ``source_split`` and ``dialogue`` that the
@@ -10,6 +10,7 @@ table has (MELD reuses dialogue ids across its source splits), and ordered by ``
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Sequence
 
@@ -26,13 +27,9 @@ def turn_text(speaker: object, text: object) -> str:
     return f"{speaker}: {text}" if speaker else text
 
 
-def dialogue_keys(table: pd.DataFrame) -> list[str]:
-    return [k for k in DIALOGUE_KEYS if k in table.columns]
-
-
 def dialogue_ids(table: pd.DataFrame) -> np.ndarray:
-    """A dialogue label per row (``split/source_split/dialogue``), the unit of batching and folds."""
-    keys = dialogue_keys(table)
+    """A dialogue label per row (``split/source_split/dialogue``), the unit of batching and of the bootstrap."""
+    keys = [k for k in DIALOGUE_KEYS if k in table.columns]
     return np.array(["/".join(str(v) for v in values) for values in zip(*(table[k].tolist() for k in keys))],
                     dtype=object)
 
@@ -91,24 +88,19 @@ def _pack_context(turns: list[list[int]], past: list[int], future: list[int], bu
     """
     kept_past: list[list[int]] = []
     kept_future: list[list[int]] = []
-    sep_cost = 1 if future else 0  # the [SEP] between past and future (only once future is used)
-    queue: list[tuple[str, int]] = []
-    for i in range(max(len(past), len(future))):
-        if i < len(past):
-            queue.append(("past", past[i]))
-        if i < len(future):
-            queue.append(("future", future[i]))
+    queue = [(side, index) for pair in itertools.zip_longest(past, future)
+             for side, index in zip(("past", "future"), pair) if index is not None]
     left = budget
     for side, index in queue:
-        ids = turns[index]
-        cost = len(ids) + (sep_cost if side == "future" and not kept_future else 0)
-        if cost <= left:
-            (kept_past if side == "past" else kept_future).append(ids)
-            left -= cost
+        ids, kept = turns[index], kept_past if side == "past" else kept_future
+        sep = int(side == "future" and not kept_future)  # the [SEP] before the first future turn
+        if len(ids) + sep <= left:
+            kept.append(ids)
+            left -= len(ids) + sep
             continue
-        room = left - (sep_cost if side == "future" and not kept_future else 0)
+        room = left - sep
         if room > 0:
-            (kept_past if side == "past" else kept_future).append(ids[-room:] if side == "past" else ids[:room])
+            kept.append(ids[-room:] if side == "past" else ids[:room])
         break
     out: list[int] = [t for ids in reversed(kept_past) for t in ids]
     if kept_future:

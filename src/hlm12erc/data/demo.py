@@ -11,7 +11,6 @@ code the label, a coloured background with a drawn face. So each unimodal model 
 from __future__ import annotations
 
 import csv
-import io
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -137,8 +136,7 @@ def _video_frames(label: str, seconds: float, rng: np.random.Generator) -> list[
     cx, cy = WIDTH // 2 + int(rng.integers(-15, 16)), HEIGHT // 2 + int(rng.integers(-8, 9))
     frames = []
     for i in range(max(1, int(round(seconds * FPS)))):
-        img = np.empty((HEIGHT, WIDTH, 3), np.uint8)
-        img[:] = base.astype(np.uint8)
+        img = np.full((HEIGHT, WIDTH, 3), base.astype(np.uint8), np.uint8)
         x, y = cx + int(round(3 * np.sin(i / 4))), cy + int(round(2 * np.cos(i / 5)))
         cv2.circle(img, (x, y), 38, (235, 200, 170), -1)
         for side in (-1, 1):
@@ -166,7 +164,6 @@ def write_clip(path: str | os.PathLike[str], audio_label: str = "neutral", video
     rng = np.random.default_rng(seed)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.mp4")
     with av.open(str(tmp), "w", format="mp4") as out:
-        vstream = astream = None
         if video:
             vstream = out.add_stream("libx264", rate=fps)
             vstream.width, vstream.height = size
@@ -175,7 +172,7 @@ def write_clip(path: str | os.PathLike[str], audio_label: str = "neutral", video
             vstream.codec_context.thread_count = 1  # deterministic bitstream
         if audio:
             astream = out.add_stream("aac", rate=audio_rate, layout="stereo")
-        if vstream is not None:
+        if video:  # (every stream is added before the first packet is muxed)
             frames = _video_frames(video_label, seconds, rng)
             if size != (WIDTH, HEIGHT):
                 import cv2
@@ -186,11 +183,10 @@ def write_clip(path: str | os.PathLike[str], audio_label: str = "neutral", video
                 frame.time_base = Fraction(1, fps)
                 out.mux(vstream.encode(frame))
             out.mux(vstream.encode(None))
-        if astream is not None:
+        if audio:
             signal = _audio_signal(audio_label, seconds, rng, audio_rate)
-            chunk = 1024
-            for start in range(0, signal.shape[1], chunk):
-                block = np.ascontiguousarray(signal[:, start:start + chunk])
+            for start in range(0, signal.shape[1], 1024):
+                block = np.ascontiguousarray(signal[:, start:start + 1024])
                 frame = av.AudioFrame.from_ndarray(block, format="fltp", layout="stereo")
                 frame.sample_rate = audio_rate
                 frame.pts = start
@@ -255,12 +251,12 @@ def generate(out_dir: str | os.PathLike[str], seed: int = 7,
             picks = rng.choice(len(clip_rows), size=len(BROKEN), replace=False)
             kinds = {clip_rows[int(i)][0]: kind for i, kind in zip(picks, BROKEN)}
             broken[split] = dict(sorted(kinds.items()))
-        for cid, a_label, v_label, seconds, clip_seed in clip_rows:
-            kind = kinds.get(cid, "ok")
-            if kind == "missing":
-                continue
-            specs.append(ClipSpec(str(clip_dir / f"{cid}.mp4"), kind, a_label, v_label, seconds, clip_seed))
-        _write_csv(out / f"{split}_sent_emo.csv", rows)
+        specs += [ClipSpec(str(clip_dir / f"{cid}.mp4"), kinds.get(cid, "ok"), *clip)
+                  for cid, *clip in clip_rows if kinds.get(cid) != "missing"]
+        with open(out / f"{split}_sent_emo.csv", "w", encoding="utf-8", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
     if not write_clips:
         return broken
     workers = min(resolve_jobs(jobs), max(1, len(specs)))
@@ -271,11 +267,3 @@ def generate(out_dir: str | os.PathLike[str], seed: int = 7,
         with die_with_parent_pool(workers) as pool:
             list(pool.map(_make_clip, specs, chunksize=8))
     return broken
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    path.write_bytes(buf.getvalue().encode("utf-8"))

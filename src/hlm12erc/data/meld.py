@@ -115,10 +115,7 @@ def _int_column(frame: pd.DataFrame, column: str, path: Path) -> pd.Series:
 
 def read_meld_csv(path: str | Path) -> pd.DataFrame:
     """Read one ``*_sent_emo.csv``, checking MELD's columns and every id cell; ids become ints.
-
-    An empty file, a header without rows, undecodable bytes, a malformed line or a blank id is
-    a :class:`DataError` naming the file (and row), never a pandas traceback.
-    """
+    Any bad input is a :class:`DataError` naming the file (and row), never a pandas traceback."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found; point data.local_path at a MELD.Raw folder")
@@ -182,10 +179,7 @@ def load_table(path: str | Path, labels: Sequence[str] | None = None) -> pd.Data
 
 
 def to_table(meld: pd.DataFrame, split: str, source_split: str) -> pd.DataFrame:
-    """MELD CSV rows -> 1NF table rows (media columns empty, status ``text_only``).
-
-    The extract/tables stages fill ``x_visual``/``x_audio``/``media_status`` from the manifest.
-    """
+    """MELD CSV rows -> 1NF table rows (media columns empty, status ``text_only`` until the manifest fills them)."""
     table = pd.DataFrame({
         "split": split,
         "source_split": source_split,
@@ -208,20 +202,13 @@ MEDIA_COLUMNS = {"audio": "x_audio", "visual": "x_visual"}  # text is in every r
 
 
 def absent_modalities(table: pd.DataFrame, modalities: Sequence[str]) -> list[str]:
-    """The media modalities in ``modalities`` that no row of ``table`` has (e.g. CSV-only MELD).
+    """The media modalities in ``modalities`` that no row of ``table`` has (e.g. CSV-only MELD): a model
+    trained on one can only learn the majority class, so the train stage warns and records them."""
 
-    A model trained on a modality that is absent everywhere can only learn the majority class;
-    the train stage warns and records the list in its metrics (``absent_modalities``).
-    """
-    absent = []
-    for modality in modalities:
-        column = MEDIA_COLUMNS.get(modality)
-        if column is None:
-            continue
-        values = table[column] if column in table.columns else pd.Series([], dtype=str)
-        if not values.fillna("").astype(str).str.len().gt(0).any():
-            absent.append(modality)
-    return absent
+    def present(column: str) -> bool:
+        return column in table.columns and bool(table[column].fillna("").astype(str).ne("").any())
+
+    return [m for m in modalities if m in MEDIA_COLUMNS and not present(MEDIA_COLUMNS[m])]
 
 
 def absent_warning(objective: str, absent: Sequence[str], source: str) -> str:

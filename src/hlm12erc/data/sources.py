@@ -190,11 +190,8 @@ def _wanted(name: str) -> bool:
     """Only the three CSVs and the clips of the three split folders are extracted."""
     parts = name.replace("\\", "/").split("/")
     base = parts[-1]
-    if base.startswith("._"):
-        return False
-    if base in CSV_NAMES.values():
-        return True
-    return base.endswith(".mp4") and len(parts) >= 2 and parts[-2] in CLIP_DIRS.values()
+    return not base.startswith("._") and (base in CSV_NAMES.values() or (
+        base.endswith(".mp4") and len(parts) >= 2 and parts[-2] in CLIP_DIRS.values()))
 
 
 def safe_extract_zip(archive: str | os.PathLike[str], target: str | os.PathLike[str],
@@ -225,12 +222,11 @@ def safe_extract_zip(archive: str | os.PathLike[str], target: str | os.PathLike[
             try:
                 with zf.open(info) as src, open(tmp, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
-            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
-                tmp.unlink(missing_ok=True)
-                raise SourceError(f"{archive}: member '{info.filename}' is damaged ({exc}); delete the "
-                                  f"archive and download it again") from None
-            except BaseException:
+            except BaseException as exc:
                 tmp.unlink(missing_ok=True)  # nothing half-written is left behind
+                if isinstance(exc, (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError)):
+                    raise SourceError(f"{archive}: member '{info.filename}' is damaged ({exc}); delete the "
+                                      f"archive and download it again") from None
                 raise
             os.replace(tmp, dest)
             count += 1
@@ -270,13 +266,10 @@ def download(params: DataParams, out_dir: str | os.PathLike[str],
     """Run the configured source and write ``<out_dir>/meld.json``; returns the descriptor."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if params.source == "demo":
-        desc = fetch_demo(out, params)
-    elif params.source == "kaggle":
-        desc = fetch_kaggle(out, params, api_factory)
-    elif params.source == "local":
-        desc = fetch_local(params)
-    else:
+    fetchers = {"demo": lambda: fetch_demo(out, params), "kaggle": lambda: fetch_kaggle(out, params, api_factory),
+                "local": lambda: fetch_local(params)}
+    if params.source not in fetchers:
         raise SourceError(f"data.source='{params.source}' is not one of demo, kaggle, local")
+    desc = fetchers[params.source]()
     write_descriptor(out, desc)
     return desc

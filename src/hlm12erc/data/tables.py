@@ -27,11 +27,8 @@ def split_plan(descriptor: dict[str, Any]) -> dict[str, str]:
     splits = descriptor["splits"]
     if "train" not in splits:
         raise DataError("the MELD descriptor has no train split; re-run the download stage")
-    if "test" in splits:
-        test = "test"
-    elif "dev" in splits:
-        test = "dev"
-    else:
+    test = "test" if "test" in splits else "dev" if "dev" in splits else None
+    if test is None:
         raise DataError("the MELD descriptor has only a train split; the pipeline needs dev or test too "
                         "(add dev_sent_emo.csv or test_sent_emo.csv next to train_sent_emo.csv)")
     valid = "dev" if "dev" in splits and test != "dev" else "holdout:train"
@@ -41,9 +38,8 @@ def split_plan(descriptor: dict[str, Any]) -> dict[str, str]:
 def describe_plan(plan: dict[str, str], data: DataParams) -> str:
     if plan["valid"] == "dev":
         return "splits: MELD train -> train, dev -> valid, test -> test"
-    tail = f"{plan['test']} -> test"
     return (f"splits: no MELD {'test' if plan['test'] == 'dev' else 'dev'} split: valid = "
-            f"{data.valid_fraction:.0%} of train dialogues held out (seed {data.seed}), {tail}")
+            f"{data.valid_fraction:.0%} of train dialogues held out (seed {data.seed}), {plan['test']} -> test")
 
 
 def attach_media(table: pd.DataFrame, manifest: pd.DataFrame | None, media_dir: str | os.PathLike[str],
@@ -72,11 +68,10 @@ def stratified_sample(table: pd.DataFrame, size: int, seed: int, labels: Sequenc
     if size <= 0:
         return table.iloc[:0].copy()
     rng = np.random.default_rng(seed)
-    groups = {lab: np.flatnonzero(table["label"].to_numpy() == lab) for lab in labels}
-    groups = {lab: idx for lab, idx in groups.items() if len(idx)}
-    counts = {lab: 0 for lab in groups}
-    for lab in sorted(groups, key=lambda lab: -len(groups[lab]))[:size]:
-        counts[lab] = 1
+    column = table["label"].to_numpy()
+    groups = {lab: idx for lab in labels if len(idx := np.flatnonzero(column == lab))}
+    first = set(sorted(groups, key=lambda lab: -len(groups[lab]))[:size])  # one row of each, largest first
+    counts = {lab: int(lab in first) for lab in groups}
     remaining = size - sum(counts.values())
     total = sum(len(v) for v in groups.values())
     if remaining > 0:
