@@ -8,6 +8,7 @@ raising ``ValueError`` in a pydantic validator) give the text that follows the k
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import types
@@ -105,14 +106,11 @@ def _problem(item: dict, tp: Any) -> str:
         return f"is not {' or '.join(names)}" if len(names) == 2 else f"is not one of {', '.join(names)}"
     if kind == "finite_number":
         return "must be a finite number"
-    hint = ""
     if isinstance(value, str) and float in (tp, *typing.get_args(tp)):
-        try:
+        with contextlib.suppress(ValueError):
             float(value)
-            hint = f" (YAML reads {value} as a string: write it with a dot, e.g. 1.0e-5)"
-        except ValueError:
-            pass
-    return f"must be {_type_name(tp)}{hint}"
+            return f"must be {_type_name(tp)} (YAML reads {value} as a string: write it with a dot, e.g. 1.0e-5)"
+    return f"must be {_type_name(tp)}"
 
 
 def describe(error: ValidationError, cls: type, where: str, fix: str) -> str:

@@ -24,11 +24,6 @@ def _confusion_ids(y_true: np.ndarray, y_pred: np.ndarray, n_labels: int) -> np.
     return counts
 
 
-def _ids(values: Sequence[str], labels: list[str]) -> np.ndarray:
-    lookup = {label: i for i, label in enumerate(labels)}
-    return np.array([lookup.get(str(v), -1) for v in values], dtype=np.int64)
-
-
 def _per_class(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """precision, recall, F1 and support per class; 0 where a ratio has nothing to divide by."""
     tp = np.diag(counts).astype(np.float64)
@@ -47,11 +42,6 @@ def _mean(values: np.ndarray, weights: np.ndarray) -> float:
     return float((values * weights).sum() / total) if total else 0.0
 
 
-def _averages(f1: np.ndarray, support: np.ndarray) -> tuple[float, float]:
-    """(weighted, macro) F1."""
-    return _mean(f1, support), float(f1.mean())
-
-
 def _summary(y_true: Sequence[str], y_pred: Sequence[str],
              labels: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
     """Per-class precision, recall, F1, support, and accuracy; an empty split is an error."""
@@ -65,7 +55,7 @@ def compute_metrics(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequen
     """accuracy, weighted/macro F1 and per-class precision/recall/F1/support (zero_division=0)."""
     labels = list(labels)
     precision, recall, f1, support, accuracy = _summary(y_true, y_pred, labels)
-    weighted, macro = _averages(f1, support)
+    weighted, macro = _mean(f1, support), float(f1.mean())
     return {
         "n": int(len(y_true)),
         "accuracy": accuracy,
@@ -95,7 +85,9 @@ def report_text(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[s
 def confusion(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]) -> np.ndarray:
     """Counts, rows = true label, columns = predicted label, in ``labels`` order."""
     labels = list(labels)
-    return _confusion_ids(_ids(y_true, labels), _ids(y_pred, labels), len(labels))
+    lookup = {label: i for i, label in enumerate(labels)}
+    true, pred = (np.array([lookup.get(str(v), -1) for v in values], dtype=np.int64) for values in (y_true, y_pred))
+    return _confusion_ids(true, pred, len(labels))
 
 
 def scores_from_logits(logits: np.ndarray, y: np.ndarray, n_labels: int) -> dict[str, float]:
@@ -107,7 +99,7 @@ def scores_from_logits(logits: np.ndarray, y: np.ndarray, n_labels: int) -> dict
     loss = float(torch.nn.functional.cross_entropy(torch.as_tensor(logits, dtype=torch.float32),
                                                    torch.as_tensor(y)).item()) if len(y) else float("nan")
     _precision, _recall, f1, support = _per_class(_confusion_ids(y, pred, n_labels))
-    weighted, macro = _averages(f1, support)
+    weighted, macro = _mean(f1, support), float(f1.mean())
     return {"loss": loss, "accuracy": float(np.mean(pred == y)) if len(y) else 0.0,
             "weighted_f1": weighted, "macro_f1": macro}
 
@@ -128,7 +120,7 @@ def bootstrap_weighted_f1(y: np.ndarray, predictions: Sequence[np.ndarray], grou
         for j, cell in enumerate(cells):
             counts = np.bincount(cell, weights=weight, minlength=n_labels * n_labels).reshape(n_labels, n_labels)
             _precision, _recall, f1, support = _per_class(counts)
-            out[r, j] = _averages(f1, support)[0]
+            out[r, j] = _mean(f1, support)
     return out
 
 

@@ -39,11 +39,7 @@ from hlm12erc.models.text_encoder import (
 )
 
 FORMAT_VERSION = 3  # config.json "format": one checkpoint schema for every objective
-CONFIG_FILE, HEAD_FILE, TOKENIZER_DIR = "config.json", "head.pt", "tokenizer"
-
-
-def encoder_file(k: int) -> str:
-    return f"encoder_{k}.pt"
+CONFIG_FILE, HEAD_FILE, TOKENIZER_DIR, ENCODER_FILE = "config.json", "head.pt", "tokenizer", "encoder_{}.pt"
 
 
 @dataclass
@@ -65,11 +61,8 @@ class ModelConfig:
         their probabilities are averaged (test-time augmentation over how much of the dialogue it sees)."""
         if self.encoder is None:
             return []
-        found = [(self.encoder.past_turns, self.encoder.future_turns)]
-        for past, future in self.windows:
-            if (past, future) not in found:
-                found.append((past, future))
-        return found
+        trained = (self.encoder.past_turns, self.encoder.future_turns)
+        return list(dict.fromkeys([trained, *((past, future) for past, future in self.windows)]))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -142,7 +135,7 @@ class ErcModel:
             stale.unlink(missing_ok=True)
         architecture = None
         for k, encoder in enumerate(self.encoders):
-            torch.save(_cpu_state(encoder), out_dir / encoder_file(k))
+            torch.save(_cpu_state(encoder), out_dir / ENCODER_FILE.format(k))
             architecture = {key: value for key, value in encoder.encoder.config.to_dict().items()
                             if key != "_name_or_path"}  # where the weights were read: an absolute path
         if self.encoders:
@@ -171,7 +164,7 @@ class ErcModel:
         encoders = []
         for k in range(config.n_encoders):
             encoder = build_text_encoder(config.encoder, len(config.labels), raw["encoder_architecture"])
-            encoder.load_state_dict(_read_state(model_dir / encoder_file(k)))
+            encoder.load_state_dict(_read_state(model_dir / ENCODER_FILE.format(k)))
             encoders.append(encoder)
         head = None
         if config.head is not None:
@@ -202,14 +195,9 @@ def text_views(model: ErcModel, table: pd.DataFrame, batch_size: int, device: to
     cfg = model.config.encoder
     windows = model.config.reading_windows if every_window else model.config.reading_windows[:1]
     examples = [context.text_pairs(table, model.tokenizer, cfg.max_tokens, past, future) for past, future in windows]
-    logits, pooled = [], []
-    for encoder in model.encoders:
-        encoder.to(device)
-        for window_examples in examples:
-            lg, pl = encode_pairs(encoder, window_examples, model.tokenizer.pad_token_id, batch_size, device)
-            logits.append(lg)
-            pooled.append(pl)
-    return logits, pooled
+    views = [encode_pairs(encoder.to(device), window_examples, model.tokenizer.pad_token_id, batch_size, device)
+             for encoder in model.encoders for window_examples in examples]
+    return [lg for lg, _ in views], [pl for _, pl in views]
 
 
 def mean_probabilities(probabilities: list[np.ndarray]) -> np.ndarray:

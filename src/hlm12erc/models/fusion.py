@@ -107,8 +107,7 @@ class DialogueContext(nn.Module):
 
     def __init__(self, config: HeadConfig, d_in: int):
         super().__init__()
-        hidden, self.heads, self.causal = config.hidden, config.heads, config.dialogue == "past"
-        self.max_turns = config.max_turns
+        hidden, self.causal, self.max_turns = config.hidden, config.dialogue == "past", config.max_turns
         self.inp = nn.Sequential(nn.Linear(d_in, hidden), nn.Dropout(config.dropout))
         self.turn = nn.Embedding(config.max_turns, hidden)
         self.speaker = nn.Embedding(config.max_speakers, hidden)
@@ -265,12 +264,10 @@ def head_inputs(table: pd.DataFrame, arrays: dict[str, np.ndarray], mask: np.nda
 def head_logits(head: FusionHead, inputs: HeadInputs, batch_size: int, device: torch.device) -> np.ndarray:
     """Logits of every row, in order, in eval mode; whole dialogues per batch when the head reads context."""
     head.eval()
-    out = np.zeros((len(inputs.mask), head.head[-1].out_features if head.config.hidden else
-                    head.linear.out_features), dtype=np.float32)
-    if head.config.dialogue != "none":
-        batches = inputs.dialogue_batches(batch_size)
-    else:
-        batches = [np.arange(i, min(i + batch_size, len(out))) for i in range(0, len(out), batch_size)]
+    n_classes = (head.head[-1] if head.config.hidden else head.linear).out_features
+    out = np.zeros((len(inputs.mask), n_classes), dtype=np.float32)
+    batches = (inputs.dialogue_batches(batch_size) if head.config.dialogue != "none" else
+               [np.arange(i, min(i + batch_size, len(out))) for i in range(0, len(out), batch_size)])
     for rows in batches:
         out[rows] = head(*inputs.batch(rows, device)).logits.float().cpu().numpy()
     return out

@@ -137,10 +137,9 @@ class Criterion:
         return float(self.weight[targets.cpu()].sum())
 
     def __call__(self, logits: torch.Tensor, embedding: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        loss = self.main(logits, targets)
-        c = self.config
+        c, loss = self.config, self.main(logits, targets)
         if c.aux_loss == "contrastive" and c.aux_weight:
-            loss = loss + c.aux_weight * supervised_contrastive_loss(embedding.float(), targets, c.temperature)
-        elif c.aux_loss == "triplet" and c.aux_weight:
-            loss = loss + c.aux_weight * batch_hard_triplet_loss(embedding.float(), targets, c.margin)
+            return loss + c.aux_weight * supervised_contrastive_loss(embedding.float(), targets, c.temperature)
+        if c.aux_loss == "triplet" and c.aux_weight:
+            return loss + c.aux_weight * batch_hard_triplet_loss(embedding.float(), targets, c.margin)
         return loss

@@ -65,10 +65,6 @@ class TextEncoder(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(encoder.config.hidden_size, n_labels)
 
-    @property
-    def width(self) -> int:
-        return int(self.encoder.config.hidden_size)
-
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None) -> ERCOutput:
         with autocast(self.precision, input_ids.device):
@@ -120,12 +116,6 @@ def collate_pairs(examples: Sequence[dict[str, list[int]]], pad_id: int) -> dict
     return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
 
 
-def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
-    """Inference batches in length order (least padding); callers scatter results back."""
-    order = np.argsort(np.asarray(lengths), kind="stable")
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-
-
 @torch.no_grad()
 def encode_pairs(encoder: TextEncoder, examples: list[dict[str, list[int]]], pad_id: int, batch_size: int,
                  device: torch.device) -> tuple[np.ndarray, np.ndarray]:
@@ -133,8 +123,9 @@ def encode_pairs(encoder: TextEncoder, examples: list[dict[str, list[int]]], pad
     was_training = encoder.training
     encoder.eval()
     logits = np.zeros((len(examples), encoder.head.out_features), dtype=np.float32)
-    pooled = np.zeros((len(examples), encoder.width), dtype=np.float32)
-    for idx in sorted_batches([len(e["input_ids"]) for e in examples], batch_size):
+    pooled = np.zeros((len(examples), encoder.head.in_features), dtype=np.float32)
+    order = np.argsort(np.asarray([len(e["input_ids"]) for e in examples]), kind="stable")  # least padding
+    for idx in (order[i:i + batch_size] for i in range(0, len(order), batch_size)):
         batch = {k: v.to(device) for k, v in collate_pairs([examples[i] for i in idx], pad_id).items()}
         output = encoder(**batch)
         logits[idx], pooled[idx] = output.logits.float().cpu().numpy(), output.embedding.float().cpu().numpy()

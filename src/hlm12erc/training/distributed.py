@@ -21,11 +21,9 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
-
 
 def under_torchrun() -> bool:
-    return all(name in os.environ for name in TORCHRUN_ENV)
+    return all(name in os.environ for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
 
 
 @dataclass(frozen=True)
@@ -115,14 +113,9 @@ def is_main_process() -> bool:
 
 
 class DistributedBatchSampler(torch.utils.data.Sampler[list[int]]):
-    """Each rank's share of the same global batches: rank ``r`` takes ``batch[r::world]``.
-
-    Every rank draws the global batches from the same seeded ``make_batches`` call, so the
-    effective batch stays ``batch_size`` whatever the world size and N processes take the steps
-    one process would (unlike ``DistributedSampler``, whose batch grows with the world). A rank
-    whose share of a short last batch is empty gets ``[]``; the trainer then runs a zero-weight
-    step so that every rank still joins the gradient all-reduce.
-    """
+    """Each rank's share of the same seeded global batches: rank ``r`` takes ``batch[r::world]``, so the
+    effective batch stays ``batch_size`` whatever the world (unlike ``DistributedSampler``). A rank whose
+    share of a short last batch is empty gets ``[]`` (the trainer runs a zero-weight step for it)."""
 
     def __init__(self, make_batches, rank: int = 0, world_size: int = 1):
         self.make_batches = make_batches  # () -> list of index arrays; called once per epoch
@@ -137,9 +130,6 @@ class DistributedBatchSampler(torch.utils.data.Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self._global:
             yield [int(i) for i in batch[self.rank::self.world_size]]
-
-    def __len__(self) -> int:
-        return len(self._global)
 
 
 def shard(n: int, dist: Dist) -> np.ndarray:

@@ -44,8 +44,8 @@ def new_model(objective: ObjectiveConfig, params: Params, feature_dims: dict[str
         missing = [m for m in objective.modalities if m not in dims]
         if missing:
             raise ConfigError(f"objective {objective.name}: no feature widths for {missing}; run `dvc repro featurize`")
-        head = HeadConfig(modalities=list(objective.modalities), input_dims={m: int(dims[m]) for m in
-                                                                             objective.modalities},
+        head = HeadConfig(modalities=list(objective.modalities),
+                          input_dims={m: int(dims[m]) for m in objective.modalities},
                           hidden=objective.hidden, fusion=objective.fusion, heads=objective.heads,
                           dropout=objective.dropout, dialogue=objective.dialogue,
                           dialogue_layers=objective.dialogue_layers, residual=objective.residual)
@@ -81,8 +81,7 @@ def dialogue_subset(table: pd.DataFrame, max_rows: int | None, seed: int) -> pd.
         return table
     ids = context.dialogue_ids(table)
     keep: set[str] = set()
-    count = 0
-    unique = sorted(set(ids))
+    count, unique = 0, sorted(set(ids))
     for i in np.random.default_rng(seed).permutation(len(unique)):
         if count >= max_rows:
             break
@@ -97,12 +96,11 @@ def fit_encoders(model: ErcModel, train: pd.DataFrame, valid: pd.DataFrame, para
     """Train ``model.config.members`` text encoders, each selected on valid; their histories.
 
     Member k is seeded ``train.seed + k``, so member k of seed s is the single encoder of seed s + k."""
-    enc, labels = params.text_encoder, model.labels
-    cfg = model.config.encoder
+    enc, cfg, labels = params.text_encoder, model.config.encoder, model.labels
     tokenizer = load_tokenizer(encoder_path(cfg.encoder))
     train = dialogue_subset(train, enc.max_train_rows, params.train.seed)
-    examples = context.text_pairs(train, tokenizer, cfg.max_tokens, cfg.past_turns, cfg.future_turns)
-    valid_examples = context.text_pairs(valid, tokenizer, cfg.max_tokens, cfg.past_turns, cfg.future_turns)
+    examples, valid_examples = (context.text_pairs(t, tokenizer, cfg.max_tokens, cfg.past_turns, cfg.future_turns)
+                                for t in (train, valid))
     y, valid_y = label_ids(train, labels, "train"), label_ids(valid, labels, "valid")
     histories: list[dict[str, Any]] = []
     encoders = []
@@ -184,9 +182,8 @@ def _fit_head(model: ErcModel, train: pd.DataFrame, valid: pd.DataFrame, train_f
         valid_logits, valid_views = views.get("valid") or text_views(model, valid, eval_batch, device)
     valid_base = head_inputs(valid, {**valid_arrays, **({"text": valid_views[0]} if valid_views else {})},
                              valid_mask, config)
-    head = FusionHead(config, labels)
+    model.head = head = FusionHead(config, labels)
     head.set_normalization(train_inputs.arrays, train_inputs.mask)
-    model.head = head
 
     def valid_scorer() -> np.ndarray:
         if valid_views is None:

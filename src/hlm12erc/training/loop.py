@@ -100,11 +100,11 @@ def _optimizer(task: Task, settings: LoopSettings) -> torch.optim.Optimizer:
 
 
 def _schedule(optimizer: torch.optim.Optimizer, settings: LoopSettings, total_steps: int):
-    if settings.schedule == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     warmup = int(round(total_steps * settings.warmup_ratio))
 
     def factor(step: int) -> float:
+        if settings.schedule == "constant":
+            return 1.0
         if step < warmup:
             return (step + 1) / max(1, warmup)
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
@@ -171,18 +171,14 @@ def train_loop(task: Task, settings: LoopSettings, criterion: Criterion, labels:
                 optimizer.zero_grad(set_to_none=True)
         total, count = dist.all_reduce_sum([total, count], device)
         scores = scores_from_logits(task.valid_logits(dist), task.valid_y, len(labels))
-        improved = scores["weighted_f1"] > best_f1  # the same gathered logits on every rank: the same decision
-        if improved:
-            best_state = _state_copy(module)
-        row = {"part": part, "epoch": epoch, "train_loss": total / max(1.0, count), "valid_loss": scores["loss"],
-               "valid_accuracy": scores["accuracy"], "valid_weighted_f1": scores["weighted_f1"],
-               "valid_macro_f1": scores["macro_f1"]}
-        history.append(row)
-        bar.set_postfix(loss=f"{row['train_loss']:.3f}", f1=f"{row['valid_weighted_f1']:.3f}")
-        if improved:
-            best_f1, best_epoch, stale = scores["weighted_f1"], epoch, 0
+        if scores["weighted_f1"] > best_f1:  # the same gathered logits on every rank: the same decision
+            best_state, best_f1, best_epoch, stale = _state_copy(module), scores["weighted_f1"], epoch, 0
         else:
             stale += 1
+        row = {"part": part, "epoch": epoch, "train_loss": total / max(1.0, count),
+               **{f"valid_{k}": scores[k] for k in ("loss", "accuracy", "weighted_f1", "macro_f1")}}
+        history.append(row)
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", f1=f"{row['valid_weighted_f1']:.3f}")
         if on_epoch is not None and dist.is_main:
             on_epoch(dict(row))
         if stale >= settings.patience and epoch * steps_per_epoch >= settings.min_steps:

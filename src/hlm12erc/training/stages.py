@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -15,35 +14,24 @@ import pandas as pd
 
 from hlm12erc import tracking, workers
 from hlm12erc.config import ObjectiveConfig, Params
-from hlm12erc.data.meld import absent_modalities, absent_warning
+from hlm12erc.data.meld import absent_modalities, absent_warning, load_table
 from hlm12erc.features.store import load_split
 from hlm12erc.models.erc import ErcModel
 from hlm12erc.runtime import effective_precision, select_device
+from hlm12erc.training.distributed import is_main_process
 from hlm12erc.training.fit import fit, new_model
 from hlm12erc.training.loop import HISTORY_COLUMNS
 
 
-def _load_tables(tables_dir: str | Path, splits: Sequence[str], labels: Sequence[str]) -> list[pd.DataFrame]:
-    from hlm12erc.data.meld import load_table
-
-    return [load_table(Path(tables_dir) / f"{split}.csv", labels) for split in splits]
-
-
-def _features_or_none(model: ErcModel, features_dir: str | Path, tables_dir: str | Path, split: str):
-    return load_split(features_dir, tables_dir, split) if model.uses_cached_features else None
-
-
 def _write_history(history: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame(history, columns=list(HISTORY_COLUMNS))
     tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(tmp, index=False, float_format="%.6f")
+    pd.DataFrame(history, columns=list(HISTORY_COLUMNS)).to_csv(tmp, index=False, float_format="%.6f")
     os.replace(tmp, path)
 
 
 def _log_epoch(row: dict) -> None:
-    part = row["part"]
-    tracking.log_metrics({f"{part}_{k}": v for k, v in row.items() if k not in ("part", "epoch")},
+    tracking.log_metrics({f"{row['part']}_{k}": v for k, v in row.items() if k not in ("part", "epoch")},
                          step=int(row["epoch"]))
 
 
@@ -57,13 +45,12 @@ def train_stage(params: Params, objective: ObjectiveConfig, tables_dir: str | Pa
     ``text_encoder``), or without it fine-tunes its own: stage ``text_encoder`` does that for
     ``TEXT_ENCODERS``. Under torchrun every rank trains; only rank 0 opens the MLflow run and writes the outputs.
     """
-    from hlm12erc.training.distributed import is_main_process
-
-    train, valid = _load_tables(tables_dir, [objective.train_table, "valid"], params.labels)
+    train, valid = (load_table(Path(tables_dir) / f"{split}.csv", params.labels)
+                    for split in (objective.train_table, "valid"))
     dims = load_split(features_dir, tables_dir, objective.train_table).dims if objective.fusion != "none" else {}
     model = new_model(objective, params, dims)
-    train_set = _features_or_none(model, features_dir, tables_dir, objective.train_table)
-    valid_set = _features_or_none(model, features_dir, tables_dir, "valid")
+    train_set, valid_set = (load_split(features_dir, tables_dir, split) if model.uses_cached_features else None
+                            for split in (objective.train_table, "valid"))
     encoders = ErcModel.load(encoders_dir) if model.config.encoder is not None and encoders_dir else None
     device = select_device(params.train.device)
     main = is_main_process()
