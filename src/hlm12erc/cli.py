@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 DEFAULT_MODEL = "models/headline"
@@ -114,8 +115,6 @@ def predict_command(args: argparse.Namespace) -> int:
                                            device=str(select_device(params.train.device)),
                                            eval_batch_size=params.runtime.eval_batch_size)
     if page:
-        import tempfile
-
         from hlm12erc.pages import write_predict_page
 
         with tempfile.TemporaryDirectory(prefix="hlm12erc-page-") as media_dir:
@@ -168,8 +167,11 @@ def main(argv: list[str] | None = None) -> int:
         code = {"predict": predict_command, "register": register_command}[args.command](args)
         sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
         return code
-    except BrokenPipeError:
-        return _reader_gone()
+    except BrokenPipeError:  # `hlm12erc predict x.csv | head -1`: exit quietly as a Unix tool does (128 + SIGPIPE)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # nothing more to flush at exit
+        os.close(devnull)
+        return 141
     except handled as error:
         text = str(error).strip()
         if type(error).__name__ == "MlflowException":  # its first line says why; a server traceback may follow
@@ -177,14 +179,6 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(text.split()) or type(error).__name__
         print(f"{args.command}: {message}", file=sys.stderr)
         return 2
-
-
-def _reader_gone() -> int:
-    """``hlm12erc predict x.csv | head -1``: the reader left; exit quietly as a Unix tool does (128 + SIGPIPE)."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())  # nothing more to flush at exit
-    os.close(devnull)
-    return 141
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from hlm12erc.data.meld import absent_modalities, absent_warning, load_table
 from hlm12erc.features.store import load_split
 from hlm12erc.metrics import bootstrap_weighted_f1, compute_metrics, confusion, report_text
 from hlm12erc.models.erc import ErcModel
+from hlm12erc.plots import plot_confusion
 from hlm12erc.runtime import select_device, set_cpu_threads
 
 
@@ -49,20 +50,16 @@ def evaluate_stage(params: Params, model_dir: str | Path, tables_dir: str | Path
                "weighted_f1_ci95": weighted_f1_interval(table, probs.argmax(1), labels),
                "absent_modalities": absent}
     report = report_text(actual, predicted, labels)
-    counts = confusion(actual, predicted, labels)
 
     metrics_path, plots_dir = Path(metrics_path), Path(plots_dir)
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     plots_dir.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     pd.DataFrame({"actual": actual, "predicted": predicted}).to_csv(plots_dir / "confusion.csv", index=False)
-    predictions = pd.DataFrame({"clip_id": table["clip_id"].astype(str), "label": actual, "predicted": predicted})
-    for i, label in enumerate(labels):
-        predictions[f"p_{label}"] = probs[:, i]
+    predictions = pd.DataFrame({"clip_id": table["clip_id"].astype(str), "label": actual, "predicted": predicted,
+                                **{f"p_{label}": probs[:, i] for i, label in enumerate(labels)}})
     predictions.to_csv(plots_dir / "predictions.csv", index=False, float_format="%.6f")
-    from hlm12erc.plots import plot_confusion
-
-    plot_confusion(counts, labels, plots_dir / "confusion.png", f"{name} on {split}")
+    plot_confusion(confusion(actual, predicted, labels), labels, plots_dir / "confusion.png", f"{name} on {split}")
 
     with tracking.start_run("evaluate", name, {"objective": model.meta.get("objective") or {}, "split": split,
                                                 "model_dir": str(model_dir)}):

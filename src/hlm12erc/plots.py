@@ -18,37 +18,39 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: str | Path) -> Path:
+    """Lay out, write at 120 dpi and close ``fig``."""
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return Path(path)
+
+
 def plot_confusion(counts: np.ndarray, labels: Sequence[str], path: str | Path, title: str = "") -> Path:
     """Rows normalised per true class (colour), raw counts annotated in each cell."""
-    plt = _pyplot()
     totals = counts.sum(axis=1, keepdims=True)
     share = np.divide(counts, totals, out=np.zeros_like(counts, dtype=float), where=totals > 0)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(labels), 0.8 + 0.7 * len(labels)))
+    fig, ax = _pyplot().subplots(figsize=(1.0 + 0.8 * len(labels), 0.8 + 0.7 * len(labels)))
     image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
     ax.set_title(title or "confusion (row-normalised, counts annotated)")
-    for i in range(len(labels)):
-        for j in range(len(labels)):
-            ax.text(j, i, str(int(counts[i, j])), ha="center", va="center",
-                    color="white" if share[i, j] > 0.5 else "black", fontsize=8)
+    for (i, j), count in np.ndenumerate(counts):
+        ax.text(j, i, str(int(count)), ha="center", va="center",
+                color="white" if share[i, j] > 0.5 else "black", fontsize=8)
     fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def plot_objectives(table: pd.DataFrame, path: str | Path) -> Path:
     """Grouped bars of accuracy / weighted-F1 / macro-F1 per objective; weighted-F1 with its 95 % interval
     (columns ``weighted_f1_low`` / ``weighted_f1_high``) as an error bar where the table has it."""
-    plt = _pyplot()
     metrics = ["accuracy", "weighted_f1", "macro_f1"]
     x = np.arange(len(table))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(table) + 2), 4))
+    fig, ax = _pyplot().subplots(figsize=(max(6.0, 0.9 * len(table) + 2), 4))
     for k, metric in enumerate(metrics):
         error = None
         if metric == "weighted_f1" and {"weighted_f1_low", "weighted_f1_high"} <= set(table.columns):
@@ -62,8 +64,4 @@ def plot_objectives(table: pd.DataFrame, path: str | Path) -> Path:
     ax.set_ylabel("score")
     ax.set_title("objectives on the test split")
     ax.legend(loc="upper center", ncol=3, fontsize="small", frameon=False)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)

@@ -97,8 +97,7 @@ def check_conversation(frame: pd.DataFrame, source: str = "input",
     if duplicated:
         raise PredictError(f"{source}: column(s) {duplicated} given more than once (names are case-insensitive); "
                            "keep one of each")
-    allowed = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
-    unknown = [c for c in frame.columns if c not in allowed]
+    unknown = [c for c in frame.columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
     if unknown:
         raise PredictError(f"{source}: unknown column(s) {unknown}; a turn has speaker, text and optionally "
                            f"clip, dialogue: rename or drop the others")
@@ -138,12 +137,11 @@ def check_conversation(frame: pd.DataFrame, source: str = "input",
 def conversation_table(turns: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
     """Checked turns -> 1NF table rows (media empty; ``sequence`` = order within its dialogue)."""
     placeholder = "neutral" if "neutral" in labels else labels[0]
-    sequence = turns.groupby("dialogue", sort=False).cumcount().to_numpy()
     return pd.DataFrame({
         "split": "predict",
         "source_split": "predict",
         "dialogue": turns["dialogue"].astype(str).to_numpy(),
-        "sequence": sequence,
+        "sequence": turns.groupby("dialogue", sort=False).cumcount().to_numpy(),
         "clip_id": [f"turn{i}" for i in range(len(turns))],
         "speaker": turns["speaker"].map(normalize_text).to_numpy(),
         "x_text": turns["text"].map(normalize_text).to_numpy(),

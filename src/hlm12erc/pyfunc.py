@@ -76,14 +76,6 @@ def pip_requirements() -> list[str]:
     return out
 
 
-def _package_copy(into: Path) -> Path:
-    """A copy of the ``hlm12erc`` package without bytecode, for ``code_paths``."""
-    source = Path(__file__).resolve().parent
-    target = into / "hlm12erc"
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    return target
-
-
 def model_fingerprint(model_dir: str | os.PathLike[str]) -> str:
     """SHA-256 over a model folder's file names and bytes: the same trained model, the same value."""
     model_dir = Path(model_dir)
@@ -119,12 +111,11 @@ def log_pyfunc_model(model_dir: str | os.PathLike[str], metrics: dict[str, Any] 
     extract = extract or ExtractParams()
 
     experiment_id = tracking.ensure_store()  # also points mlflow at the project's store
-    import mlflow
-
     tags = {**tracking.run_tags("register", objective), **tracking.process_tags(),
             "registered_model": registered_name or ""}
     with tempfile.TemporaryDirectory(prefix="hlm12erc-pyfunc-") as tmp:
-        code = _package_copy(Path(tmp))
+        code = Path(tmp) / "hlm12erc"  # the package without bytecode, for code_paths
+        shutil.copytree(Path(__file__).resolve().parent, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or f"register-{objective}", tags=tags):
             mlflow.log_params({"model_dir": str(model_dir), "objective": objective,
                                "text": (config.get("model") or {}).get("text", "frozen"),

@@ -30,15 +30,6 @@ def only_expected_unused(message: str, prefixes: tuple[str, ...] = EXPECTED_UNUS
     return bool(rows) and all(status == "UNEXPECTED" and key.startswith(prefixes) for key, status, *_ in rows)
 
 
-class _DropExpectedReport(logging.Filter):
-    def __init__(self, prefixes: tuple[str, ...]) -> None:
-        super().__init__()
-        self.prefixes = prefixes
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not only_expected_unused(record.getMessage(), self.prefixes)
-
-
 @contextlib.contextmanager
 def quiet_transformers(expected_unused: tuple[str, ...] = EXPECTED_UNUSED) -> Iterator[None]:
     """Within the block: no transformers progress bars, and no load report that lists only
@@ -47,7 +38,10 @@ def quiet_transformers(expected_unused: tuple[str, ...] = EXPECTED_UNUSED) -> It
 
     bars_were_on = hf_logging.is_progress_bar_enabled()
     report_logger = logging.getLogger(_REPORT_LOGGER)
-    drop = _DropExpectedReport(expected_unused)
+
+    def drop(record: logging.LogRecord) -> bool:
+        return not only_expected_unused(record.getMessage(), expected_unused)
+
     hf_logging.disable_progress_bar()
     report_logger.addFilter(drop)
     try:

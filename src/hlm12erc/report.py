@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from hlm12erc.config import ConfigError, Params
+from hlm12erc.plots import plot_objectives
 
 REPORT_COLUMNS = ("objective", "modalities", "fusion", "loss", "accuracy", "weighted_f1", "weighted_f1_low",
                   "weighted_f1_high", "macro_f1")  # low-high: the 95 % dialogue-bootstrap interval (evaluate)
@@ -49,8 +50,6 @@ def report_stage(params: Params, metrics_dir: str | Path, objectives: Sequence[s
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_csv, index=False)
     Path(out_md).write_text(markdown_table(table) + "\n", encoding="utf-8")
-    from hlm12erc.plots import plot_objectives
-
     plot_objectives(table, out_plot)
     return table
 

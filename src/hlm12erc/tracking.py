@@ -6,14 +6,10 @@ the user's repo, not its temp copy, for ``dvc exp run --queue``/``--temp`` exper
 repository containing the working directory (the nearest folder with ``.dvc`` or ``.git``), else
 the working directory: never where the package is installed. Artifacts of a sqlite store go to
 ``mlartifacts/`` beside the database file.
-:func:`ensure_store` creates the schema under an exclusive file lock (in the temp folder, one per
-database), so parallel stages and queued experiments may each be the first to log.
 Run names come from DVC (``DVC_STAGE``, e.g. ``train@text``), else ``<kind>-<objective>``;
 tags carry the git commit and the DVC experiment name. mlflow is imported lazily (slow import).
-:func:`log_page` puts a stage ``pages`` page into its objective's evaluate run.
-Every run also records its process (``hlm12erc.pid``, ``hlm12erc.host``, ``hlm12erc.pid_start``):
-:func:`end_orphaned_runs`, called whenever the store is opened, ends FAILED the RUNNING runs whose
-process is gone (a ``kill -9`` leaves no RUNNING run behind once the next stage logs).
+Every run also records its process (pid, host, pid start time), so :func:`end_orphaned_runs`, called
+whenever the store is opened, can end FAILED the RUNNING runs of a stage killed with ``kill -9``.
 """
 
 from __future__ import annotations
@@ -47,11 +43,8 @@ def repo_root(start: str | os.PathLike[str] | None = None) -> Path:
 
 
 def store_root() -> Path:
-    """Folder of the default ``mlflow.db``: the DVC repo running the stage, else the user's repo.
-
-    Never the package's install location: with a shared or non-editable install that is another
-    checkout or ``.venv``. ``DVC_ROOT`` also covers queued experiments in ``.dvc/tmp/exps/...``.
-    """
+    """Folder of the default ``mlflow.db``: the DVC repo running the stage, else the user's repo; never the
+    package's install location (``DVC_ROOT`` also covers queued experiments in ``.dvc/tmp/exps/...``)."""
     return Path(os.environ.get("DVC_ROOT") or repo_root())
 
 
@@ -59,12 +52,15 @@ def tracking_uri() -> str:
     return os.environ.get(URI_ENV) or f"sqlite:///{(store_root() / 'mlflow.db').resolve()}"
 
 
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a sqlite store; None for a server store."""
+    return Path(unquote(urlparse(uri).path)) if uri.startswith("sqlite:///") else None
+
+
 def _artifact_location(uri: str) -> str | None:
     """``<db folder>/mlartifacts`` for a sqlite store (else the server decides)."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    database = Path(unquote(urlparse(uri).path))
-    return (database.parent / "mlartifacts").resolve().as_uri()
+    database = _sqlite_file(uri)
+    return None if database is None else (database.parent / "mlartifacts").resolve().as_uri()
 
 
 def _mlflow():
@@ -75,28 +71,21 @@ def _mlflow():
     return mlflow
 
 
-def _lock_path(database: Path) -> Path:
-    """One lock file per database, in the temp folder (nothing new appears in the repo)."""
-    digest = hashlib.sha1(str(database.resolve()).encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"hlm12erc-mlflow-{digest}.lock"
-
-
 @contextlib.contextmanager
 def _store_lock(uri: str) -> Iterator[None]:
-    """Exclusive ``flock`` held while a sqlite store is opened/created (a server store needs none).
-
-    MLflow creates a sqlite schema on first use with no locking of its own: processes that open
-    a fresh database at once fail with "table ... already exists" or a half-migrated schema.
-    """
-    if not uri.startswith("sqlite:///") or sys.platform == "win32":
+    """Exclusive ``flock`` held while a sqlite store is opened/created (a server store needs none):
+    MLflow creates a sqlite schema on first use unlocked, so parallel first opens would clash."""
+    database = _sqlite_file(uri)
+    if database is None or sys.platform == "win32":
         yield
         return
     import fcntl
 
-    database = Path(unquote(urlparse(uri).path))
     database.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        descriptor = os.open(_lock_path(database), os.O_RDWR | os.O_CREAT, 0o666)
+    try:  # one lock file per database, in the temp folder (nothing new appears in the repo)
+        digest = hashlib.sha1(str(database.resolve()).encode()).hexdigest()[:16]
+        lock = Path(tempfile.gettempdir()) / f"hlm12erc-mlflow-{digest}.lock"
+        descriptor = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError:  # e.g. another user's lock file in a shared /tmp: go on unlocked
         yield
         return
@@ -109,9 +98,7 @@ def _store_lock(uri: str) -> Iterator[None]:
 
 def ensure_store() -> str:
     """Create the store and the experiment if missing, end orphaned runs; returns the experiment id.
-
-    Safe to call from many processes at once (stages of parallel queued experiments).
-    """
+    Safe to call from many processes at once (stages of parallel queued experiments)."""
     mlflow = _mlflow()
     uri = tracking_uri()
     with _store_lock(uri):
@@ -148,10 +135,7 @@ def process_tags() -> dict[str, str]:
 
 def end_orphaned_runs(experiment_id: str | None = None) -> list[str]:
     """End FAILED every RUNNING run of this host whose recorded process is gone; returns their ids.
-
-    A stage killed with ``kill -9`` cannot end its own run; the next process that opens the store
-    does. Runs from other hosts, and runs without the process tags, are left alone.
-    """
+    Runs from other hosts, and runs without the process tags, are left alone."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri())
@@ -164,12 +148,11 @@ def end_orphaned_runs(experiment_id: str | None = None) -> list[str]:
     ended = []
     for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
         tags = run.data.tags
-        if tags.get(HOST_TAG) != host or not tags.get(PID_TAG, "").isdigit():
-            continue
-        if _alive(int(tags[PID_TAG]), tags.get(START_TAG, "")):
+        pid = tags.get(PID_TAG, "")
+        if tags.get(HOST_TAG) != host or not pid.isdigit() or _alive(int(pid), tags.get(START_TAG, "")):
             continue
         client.set_tag(run.info.run_id, "hlm12erc.end_reason",
-                       f"process {tags[PID_TAG]} on {host} was gone (killed?); ended by process {os.getpid()}")
+                       f"process {pid} on {host} was gone (killed?); ended by process {os.getpid()}")
         client.set_terminated(run.info.run_id, status="FAILED")
         ended.append(run.info.run_id)
     return ended
@@ -202,8 +185,8 @@ def git_commit() -> str:
 
 
 def run_tags(kind: str, objective: str) -> dict[str, str]:
-    tags = {"kind": kind, "objective": objective, "mlflow.source.git.commit": git_commit(),
-            "git_commit": git_commit()}
+    commit = git_commit()
+    tags = {"kind": kind, "objective": objective, "mlflow.source.git.commit": commit, "git_commit": commit}
     for env, tag in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_STAGE", "dvc_stage"),
                      ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline_rev")):
         if os.environ.get(env):
@@ -227,8 +210,7 @@ def flatten(values: Any, prefix: str = "") -> dict[str, Any]:
 def start_run(kind: str, objective: str, params: dict[str, Any] | None = None) -> Iterator[Any]:
     """An MLflow run in experiment ``hlm12erc``; ends FINISHED, or FAILED when the body raises."""
     mlflow = _mlflow()
-    experiment_id = ensure_store()
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name(kind, objective),
+    with mlflow.start_run(experiment_id=ensure_store(), run_name=run_name(kind, objective),
                           tags={**run_tags(kind, objective), **process_tags()}) as run:
         if params:
             mlflow.log_params({k: ("" if v is None else v) for k, v in flatten(params).items()})

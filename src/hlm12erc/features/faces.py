@@ -138,8 +138,6 @@ def _fer_model(device: str) -> MiniXception:
 class FerEncoder:
     """Grey face crops -> (N, 7 + 128): FER2013 probabilities (project label order) ⊕ embedding."""
 
-    dim = FACE_DIM
-
     def __init__(self, device: str | None = None):
         self.device = device_or_default(device)
         self.model = _fer_model(self.device)
@@ -147,7 +145,7 @@ class FerEncoder:
     @torch.no_grad()
     def __call__(self, crops: list[np.ndarray]) -> np.ndarray:
         if not crops:
-            return np.zeros((0, self.dim), np.float32)
+            return np.zeros((0, FACE_DIM), np.float32)
         faces = np.stack([cv2.resize(c, (64, 64), interpolation=cv2.INTER_AREA) for c in crops])
         batch = torch.from_numpy(faces.astype(np.float32) / 127.5 - 1.0).unsqueeze(1).to(self.device)
         probabilities, embedding = self.model(batch)
