@@ -113,23 +113,15 @@ def run_measured(command: Sequence[str], env: dict[str, str] | None = None,
 
 
 def machine() -> str:
-    """Cores, CPU model, load average, torch version and whether the CPU has bf16 matmul units."""
+    """Cores, CPU model and vector ISA, load average, torch version and whether the CPU has bf16 matmul units."""
     import torch
 
-    from hlm12erc.runtime import cpu_has_bf16
+    from hlm12erc.runtime import cpu_has_bf16, machine_kind
 
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     load = os.getloadavg()
     busy = " (busier than its cores: other jobs slowed every time here)" if load[1] > (os.cpu_count() or 1) else ""
-    return (f"{os.cpu_count()} cores, {model}, load average {'/'.join(f'{v:.2f}' for v in load)} (1/5/15 min){busy}, "
-            f"torch {torch.__version__}, bf16 matmul units: {'yes' if cpu_has_bf16() else 'no'}")
+    return (f"{os.cpu_count()} cores, {machine_kind()}, load average {'/'.join(f'{v:.2f}' for v in load)} "
+            f"(1/5/15 min){busy}, torch {torch.__version__}, bf16 matmul units: {'yes' if cpu_has_bf16() else 'no'}")
 
 
 def repo_relative(arg: str) -> str:

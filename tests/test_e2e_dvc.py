@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 UNIMODAL = ("text", "text_finetune", "audio", "visual")
@@ -61,12 +62,47 @@ def demo_clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
 AFTER_REPRO: dict[str, str] = {}  # what the first repro left, before later tests commit or run experiments
 
 
+FLOAT_FREE_STAGES = ("download", "extract", "tables")  # no float kernel decides their bytes
+
+
+def _drift_beyond_float_kernels(clone: Path) -> list[str]:
+    """What the repro changed besides the hashes of outputs that float kernels compute (featurize onwards):
+    any command, param, source file, or output of a float-free stage that differs from the committed lock."""
+    committed = yaml.safe_load(subprocess.run(["git", "show", "HEAD:dvc.lock"], cwd=clone, text=True,
+                                              capture_output=True, check=True).stdout)["stages"]
+    ran = yaml.safe_load((clone / "dvc.lock").read_text())["stages"]
+    computed = {out["path"] for name, stage in ran.items() if name.split("@")[0] not in FLOAT_FREE_STAGES
+                for out in stage.get("outs", [])}
+    problems = [f"stage {name}: only in one lock" for name in set(ran) ^ set(committed)]
+    for name in set(ran) & set(committed):
+        problems += [f"stage {name}: {key} differs" for key in ("cmd", "params")
+                     if ran[name].get(key) != committed[name].get(key)]
+        for kind in ("deps", "outs"):
+            before = {entry["path"]: entry for entry in committed[name].get(kind, [])}
+            problems += [f"stage {name}: {kind} {entry['path']} differs" for entry in ran[name].get(kind, [])
+                         if entry != before.get(entry["path"]) and entry["path"] not in computed]
+    changed = [line[3:] for line in AFTER_REPRO["git status"].splitlines()]
+    return problems + [f"{path}: changed, and no float-computed stage output" for path in changed
+                       if path != "dvc.lock" and not any(path == c or path.startswith(c + "/") for c in computed)]
+
+
 @pytest.mark.slow
 def test_a_fresh_clone_reproduces_the_committed_lock_and_outputs_byte_for_byte(demo_clone: Path) -> None:
     """`make demo` on a fresh clone leaves `git status --porcelain` empty: every stage, run from
     scratch, gives the hashes dvc.lock records and the git-tracked metrics/plots byte for byte
-    (a stale dvc.lock, an absolute path or a wall-clock time in an output fails here)."""
-    assert AFTER_REPRO["git status"] == "", AFTER_REPRO["git status"] + AFTER_REPRO["diff"]
+    (a stale dvc.lock, an absolute path or a wall-clock time in an output fails here).
+
+    The promise holds on the kind of machine that wrote the lock (`dvc.lock.machine`). On another kind
+    the float kernels differ, so from featurize on only the hashes may: everything else must still match."""
+    from hlm12erc.runtime import machine_kind
+
+    recorded = (demo_clone / "dvc.lock.machine").read_text(encoding="utf-8").strip()
+    if machine_kind() == recorded:
+        assert AFTER_REPRO["git status"] == "", AFTER_REPRO["git status"] + AFTER_REPRO["diff"]
+        return
+    print(f"dvc.lock was written on {recorded!r}, this is {machine_kind()!r}: float-computed hashes may differ "
+          "(`make demo` here and commit dvc.lock, dvc.lock.machine and the outputs to move the byte check here)")
+    assert _drift_beyond_float_kernels(demo_clone) == [], AFTER_REPRO["git status"] + AFTER_REPRO["diff"]
 
 
 def _metrics(clone: Path, name: str) -> dict:

@@ -87,3 +87,13 @@ def test_bf16_without_the_hardware_runs_fp32_and_says_so_once(monkeypatch, capsy
 def test_an_unknown_precision_is_a_one_line_config_error():
     with pytest.raises(ConfigError, match=r"text_encoder.precision='fp16' is not fp32 or bf16"):
         params_from_dict({"text_encoder": {"precision": "fp16"}})
+
+
+def test_the_machine_kind_names_the_cpu_model_and_the_vector_isa_its_kernels_use(monkeypatch):
+    """Two machines whose kernels differ get different kinds, so the lock's byte check knows which it may make."""
+    kind = runtime.machine_kind()
+    assert kind.endswith(torch.backends.cpu.get_cpu_capability()) or torch.cuda.is_available()
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    other = runtime.machine_kind()
+    assert other != kind or "AVX512" in kind
+    assert other.split(", ")[0] == kind.split(", ")[0] and other.split(", ")[1] == "AVX512"

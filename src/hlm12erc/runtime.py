@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import random
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -80,3 +82,14 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     if effective_precision(precision, device) == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def machine_kind() -> str:
+    """What decides the float kernels, so the bytes of every computed output: the CPU model and torch's vector
+    instruction set (and the GPU, when one is present). ``dvc.lock.machine`` records the lock's."""
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), model)
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{model}, {torch.backends.cpu.get_cpu_capability()}{gpu}"
