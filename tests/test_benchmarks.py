@@ -139,6 +139,7 @@ def tiny_clips(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow  # a whole-pipeline subprocess run
 def test_pipeline_throughput_quick(erc_tables, tmp_path):
     model = tiny_model(tmp_path / "model")
     clips = tiny_clips(tmp_path / "clips")

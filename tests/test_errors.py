@@ -196,6 +196,7 @@ def test_register_metrics_that_are_not_a_metrics_object(tmp_path, capsys, conten
 # ----------------------------------------------------------------------------- pipes
 
 
+@pytest.mark.slow  # a CLI subprocess
 def test_predict_into_a_closed_pipe_exits_quietly(erc_features_dir, erc_tables, tmp_path) -> None:
     """`hlm12erc predict conv.csv | head -1`: no "Broken pipe" line, no traceback, the SIGPIPE status."""
     import os
