@@ -131,6 +131,9 @@ class DistributedBatchSampler(torch.utils.data.Sampler[list[int]]):
         for batch in self._global:
             yield [int(i) for i in batch[self.rank::self.world_size]]
 
+    def __len__(self) -> int:  # len(DataLoader), e.g. a progress bar's total
+        return len(self._global)
+
 
 def shard(n: int, dist: Dist) -> np.ndarray:
     """Row indices of ``range(n)`` this rank scores (strided, so lengths spread evenly)."""
