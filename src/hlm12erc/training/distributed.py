@@ -131,7 +131,7 @@ class DistributedBatchSampler(torch.utils.data.Sampler[list[int]]):
         for batch in self._global:
             yield [int(i) for i in batch[self.rank::self.world_size]]
 
-    def __len__(self) -> int:  # len(DataLoader), e.g. a progress bar's total
+    def __len__(self) -> int:  # what len(DataLoader) reports for a batch sampler
         return len(self._global)
 
 
