@@ -32,7 +32,6 @@ SETTINGS = {  # name -> (modality, features.<modality> params overrides)
     "audio: whisper tiny.en": ("audio", {"encoder": "whisper", "whisper_size": "tiny.en"}),
     "audio: whisper base (default)": ("audio", {"encoder": "whisper", "whisper_size": "base"}),
     "visual: efficientnet_lite0 only": ("visual", {"encoder": "efficientnet_lite0", "faces": "none"}),
-    "visual: haar + fer faces only": ("visual", {"encoder": "stats", "faces": "haar"}),
     "visual: mtcnn + fer faces only": ("visual", {"encoder": "stats", "faces": "mtcnn"}),
     "visual: efficientnet_lite0 + mtcnn + fer (default)": ("visual", {}),
 }

@@ -155,6 +155,23 @@ def test_second_repro_is_up_to_date(demo_clone: Path) -> None:
 
 
 @pytest.mark.slow
+def test_an_evaluate_only_edit_and_train_nproc_leave_every_head_up_to_date(demo_clone: Path) -> None:
+    """`evaluation.py` (imported by evaluate alone) and `train.nproc` (the text_encoder stage's launcher) stale
+    exactly the stages that read them: no train@* stage, so neither retrains a head."""
+    evaluation, params = demo_clone / "src" / "hlm12erc" / "evaluation.py", demo_clone / "params.yaml"
+    originals = {path: path.read_text() for path in (evaluation, params)}
+    try:
+        evaluation.write_text(originals[evaluation] + "\n# an edit\n")
+        params.write_text(originals[params].replace("\n  nproc: 1 ", "\n  nproc: 2 ", 1))
+        stale = set(json.loads(_dvc(demo_clone, "status", "--json").stdout))
+    finally:
+        for path, text in originals.items():
+            path.write_text(text)
+    objectives = yaml.safe_load(originals[params])["objectives"]
+    assert stale == {"text_encoder"} | {f"evaluate@{name}" for name in objectives}, stale
+
+
+@pytest.mark.slow
 def test_dag_shows_the_chain(demo_clone: Path) -> None:
     dot = _dvc(demo_clone, "dag", "--dot").stdout.replace('"', "").replace(" ", "")
     chain = ["download", "extract", "tables", "featurize", "train@final", "evaluate@final", "report", "pages"]

@@ -77,18 +77,17 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_photograph_gives_one_face_and_seven_probabilities(photo):
     fer = FerEncoder()
-    for kind in ("mtcnn", "haar"):
-        boxes = FaceDetector(kind)(photo)
-        assert len(boxes) == 1, (kind, boxes)
-        x0, y0, x1, y1 = boxes[0]
-        assert 120 <= x1 - x0 <= 280 and 150 <= (y0 + y1) / 2 <= 300  # the face, not the uniform
-        encoded = fer([crop_face(photo, boxes[0])])[0]
-        probabilities = encoded[:len(FER_CLASSES)]
-        assert encoded.shape == (7 + 128,) and (probabilities >= 0).all()
-        assert probabilities.sum() == pytest.approx(1.0, abs=1e-4)
-        assert FER_CLASSES[int(np.argmax(probabilities))] == "neutral"  # a calm portrait
+    boxes = FaceDetector()(photo)
+    assert len(boxes) == 1, boxes
+    x0, y0, x1, y1 = boxes[0]
+    assert 120 <= x1 - x0 <= 280 and 150 <= (y0 + y1) / 2 <= 300  # the face, not the uniform
+    encoded = fer([crop_face(photo, boxes[0])])[0]
+    probabilities = encoded[:len(FER_CLASSES)]
+    assert encoded.shape == (7 + 128,) and (probabilities >= 0).all()
+    assert probabilities.sum() == pytest.approx(1.0, abs=1e-4)
+    assert FER_CLASSES[int(np.argmax(probabilities))] == "neutral"  # a calm portrait
     blank = np.full((252, 448, 3), 128, np.uint8)
-    assert FaceDetector("mtcnn")(blank) == [] and FaceDetector("haar")(blank) == []
+    assert FaceDetector()(blank) == []
 
 
 def test_scene_encoder_recognises_the_photograph(photo):

@@ -6,14 +6,10 @@ predict_proba as one interface for every kind of objective, with tiny random BER
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import replace
 
 import numpy as np
 import pytest
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 torch = pytest.importorskip("torch")
 import hlm12erc.training.fit  # noqa: E402

@@ -11,7 +11,7 @@ from hlm12erc.data.meld import load_table
 from hlm12erc.features.audio import LogMelEncoder, audio_features, read_wav
 from hlm12erc.features.store import FeatureSet
 from hlm12erc.features.text import EMBEDDING_DIM
-from hlm12erc.features.visual import build_frame_encoder, visual_features
+from hlm12erc.features.visual import build_face_encoder, build_frame_encoder, visual_features
 
 
 def test_store_shapes_masks_and_index(erc_features_dir, erc_tables):
@@ -74,10 +74,10 @@ def test_logmel_separates_tones_and_reads_missing_as_none(tmp_path):
 
 def test_visual_without_a_face_is_zeros_and_flagged(erc_tables):
     table = load_table(erc_tables / "valid.csv", ERC_LABELS)
-    haar = VisualFeatureParams(encoder="stats", faces="haar")
-    features, present, face_found = visual_features(table, haar, progress=False)
+    faces = VisualFeatureParams(encoder="stats", faces="mtcnn")
+    features, present, face_found = visual_features(table, faces, progress=False)
     assert present.sum() == len(table) - 1 and not face_found.any()  # drawn rectangles are not faces
-    frame_dim = build_frame_encoder(haar).dim
+    frame_dim = build_frame_encoder(faces).dim
     assert features.shape[1] == frame_dim + 7 + 128 + 1
     assert not features[:, frame_dim:].any()  # no face: the FER part and the face share are 0
     no_faces, _, _ = visual_features(table, VisualFeatureParams(encoder="stats", faces="none"), progress=False)
@@ -90,3 +90,5 @@ def test_unknown_encoders_fail_naming_the_known_ones():
     for removed in ("egemaps", "mfcc"):
         with pytest.raises(ValueError, match="not known; use whisper or logmel"):
             audio_features(pd.DataFrame({"x_audio": []}), AudioFeatureParams(encoder=removed))
+    with pytest.raises(ValueError, match="faces='haar' is not known; use mtcnn or none"):
+        build_face_encoder(VisualFeatureParams(faces="haar"))

