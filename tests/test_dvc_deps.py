@@ -208,6 +208,28 @@ def test_the_import_graph_follows_function_level_relative_and_lazy_imports(tmp_p
         _parse.cache_clear()
 
 
+def test_src_has_no_import_cycle() -> None:
+    """Every import in src/ (function-level ones included) points one way: models/ never reaches training/."""
+    edges: dict[str, set[str]] = {}
+    for path in SRC.rglob("*.py"):
+        here = _module_name(path)
+        targets = {f"{m}.{n}" if _module_file(f"{m}.{n}") else m for m, n in _imports(path) | _imports(path, True)}
+        edges[here] = {t for t in targets if _module_file(t) is not None and t != here}
+    cycles = []
+    for start, targets in edges.items():
+        seen, todo = set(), list(targets)
+        while todo:
+            module = todo.pop()
+            if module not in seen:
+                seen.add(module)
+                todo.extend(edges.get(module, ()))
+        if start in seen:
+            cycles.append(start)
+    assert not cycles, f"modules on an import cycle: {sorted(cycles)}"
+    assert not any(t.startswith("hlm12erc.training") for m, ts in edges.items() if m.startswith("hlm12erc.models")
+                   for t in ts)
+
+
 def test_report_lists_the_metrics_of_exactly_the_objectives_in_params() -> None:
     """The objective names live in params.yaml; the report stage's metrics deps must follow them."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hlm12erc.data.sources import CLIP_DIRS
+from hlm12erc.data.meld import CLIP_DIRS
 from hlm12erc.workers import pool as die_with_parent_pool
 
 LABELS = ("anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise")

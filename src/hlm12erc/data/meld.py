@@ -21,6 +21,7 @@ MELD_COLUMNS = ("Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialo
                 "Utterance_ID", "Season", "Episode", "StartTime", "EndTime")
 # MELD's three source splits: CSV name stem -> the table split they feed by default.
 SOURCE_SPLITS = {"train": "train", "dev": "valid", "test": "test"}
+CLIP_DIRS = {"train": "train_splits", "dev": "dev_splits_complete", "test": "output_repeated_splits_test"}  # MELD.Raw
 
 TABLE_COLUMNS = (
     "split",  # train | valid | test (the table this row is in)

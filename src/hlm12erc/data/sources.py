@@ -30,11 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from hlm12erc.config import DataParams
-from hlm12erc.data.meld import DataError
+from hlm12erc.data.meld import CLIP_DIRS, DataError
 
 DESCRIPTOR = "meld.json"
 CSV_NAMES = {"train": "train_sent_emo.csv", "dev": "dev_sent_emo.csv", "test": "test_sent_emo.csv"}
-CLIP_DIRS = {"train": "train_splits", "dev": "dev_splits_complete", "test": "output_repeated_splits_test"}
 _MAX_DEPTH = 4
 
 KAGGLE_HELP = (
