@@ -40,7 +40,7 @@ def test_notebook_flow_train_save_evaluate(erc_tables, tmp_path, capsys):
     assert 1 <= len(info["history"]) <= 4
     assert train.features(params.features) is train.features(params.features)  # featurized once per dataset
     saved = json.loads((tmp_path / "model" / "config.json").read_text())
-    assert saved["format"] == 3 and saved["objective"]["epochs"] == 4 and saved["objective"]["name"] == "fusion"
+    assert saved["format"] == 4 and saved["objective"]["epochs"] == 4 and saved["objective"]["name"] == "fusion"
 
     metrics = ERCEvaluator(model).evaluate(dataset=test, batch_size=5, device="cpu")
     assert "weighted avg" in capsys.readouterr().out

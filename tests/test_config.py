@@ -85,9 +85,9 @@ def test_an_int_is_a_float_and_empty_sections_are_defaults() -> None:
 
 def test_every_bad_value_gets_its_own_line() -> None:
     with pytest.raises(ConfigError) as raised:
-        params_from_dict({"train": {"lr": "x", "epochs": 0}, "text_encoder": {"pooling": "max"}})
+        params_from_dict({"train": {"lr": "x", "epochs": 0}, "text_encoder": {"precision": "fp16"}})
     lines = str(raised.value).splitlines()
-    assert sorted(line.split(" ", 2)[1] for line in lines) == ["text_encoder.pooling='max'", "train.epochs=0",
+    assert sorted(line.split(" ", 2)[1] for line in lines) == ["text_encoder.precision='fp16'", "train.epochs=0",
                                                                 "train.lr='x'"]
     assert all(line.startswith("params: ") and line.endswith("override)") for line in lines)
 

@@ -144,7 +144,7 @@ def test_train_nproc_makes_the_stage_launch_torchrun(tiny_model_dir, erc_tables,
     assert "launching: torchrun --standalone --nproc_per_node=2" in result.stdout
     assert result.stdout.count("train text_encoder: best valid weighted-F1") == 1  # rank 0 reports
     config = json.loads((model / "config.json").read_text())
-    assert config["format"] == 3 and config["model"]["members"] == 2
+    assert config["format"] == 4 and config["model"]["members"] == 2
     assert sorted(p.name for p in model.glob("encoder_*.pt")) == ["encoder_0.pt", "encoder_1.pt"]
     history = pd.read_csv(plots / "history.csv")
     assert history["part"].tolist() == ["encoder0", "encoder0", "encoder1", "encoder1"]

@@ -185,7 +185,7 @@ def test_fit_save_load_predict_is_one_interface(name, ensemble, data, tmp_path):
     np.testing.assert_allclose(model.predict_proba(tables["test"], test_features, batch_size=64), probs, atol=1e-6)
     model.save(tmp_path / name)
     config = json.loads((tmp_path / name / "config.json").read_text())
-    assert config["format"] == 3 and config["objective"]["name"] == name
+    assert config["format"] == 4 and config["objective"]["name"] == name
     assert (tmp_path / name / "head.pt").is_file() == (objective.fusion != "none")
     loaded = ErcModel.load(tmp_path / name)
     assert loaded.modalities == model.modalities

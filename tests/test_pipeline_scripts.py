@@ -64,7 +64,7 @@ def test_stages_end_to_end(erc_tables, fast_params, erc_mlflow_uri, tmp_path, ca
                                      "--features", str(features), "--encoders", str(encoders), "--out", str(model),
                                      "--plots", str(plots)]) == 0
         config = json.loads((model / "config.json").read_text())
-        assert config["format"] == 3 and config["objective"]["name"] == name
+        assert config["format"] == 4 and config["objective"]["name"] == name
         assert config["model"]["labels"] == ERC_LABELS and (model / "head.pt").is_file()
         # mock reads the cached 768-d frozen text features; final the 32-wide tiny encoders' vectors
         assert config["model"]["head"]["input_dims"]["text"] == (768 if name == "mock" else 32)

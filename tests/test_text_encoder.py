@@ -37,7 +37,7 @@ def test_training_reduces_loss_and_writes_checkpoint(tmp_path, tiny_model_dir):
     assert model.info["encoder0"]["best_epoch"] == int(history.loc[history["valid_weighted_f1"].idxmax(), "epoch"])
     model.save(tmp_path / "m")
     meta = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert meta["format"] == 3 and meta["model"]["labels"] == LABELS and meta["model"]["head"] is None
+    assert meta["format"] == 4 and meta["model"]["labels"] == LABELS and meta["model"]["head"] is None
     assert meta["objective"]["name"] == "text_finetune" and (tmp_path / "m" / "encoder_0.pt").is_file()
     assert not (tmp_path / "m" / "head.pt").exists() and (tmp_path / "m" / "tokenizer").is_dir()
     # the checkpoint is the best epoch's model: its valid weighted-F1 is reproduced from disk
@@ -55,7 +55,7 @@ def test_save_load_round_trip_gives_identical_probabilities(tmp_path, tiny_model
     fit_text(tiny_params(tiny_model_dir, epochs=1, loss="focal"), train, valid).save(tmp_path / "a")
     loaded = ErcModel.load(tmp_path / "a", device="cpu")
     assert not loaded.encoders[0].training and loaded.labels == LABELS
-    assert loaded.config.encoder == EncoderConfig(tiny_model_dir, 48, 2, 1, "mean", 0.0)
+    assert loaded.config.encoder == EncoderConfig(tiny_model_dir, 48, 2, 1, 0.0)
     saved = json.loads((tmp_path / "a" / "config.json").read_text())
     # the network's shape only, not where its weights were read (an absolute path: other bytes in every clone)
     assert str(tiny_model_dir) not in json.dumps(saved["encoder_architecture"])
@@ -86,8 +86,8 @@ def test_max_train_rows_keeps_whole_dialogues():
 def test_bad_config_is_rejected():
     from hlm12erc.config import params_from_dict
 
-    with pytest.raises(ValueError, match="pooling"):
-        EncoderConfig(pooling="max")
+    with pytest.raises(ValueError, match="precision"):
+        EncoderConfig(precision="fp16")
     with pytest.raises(ValueError, match="max_tokens"):
         EncoderConfig(max_tokens=4)
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['nope'\] in 'text_encoder'"):

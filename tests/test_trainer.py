@@ -141,7 +141,7 @@ def test_an_older_checkpoint_format_is_refused_in_one_line(splits, tables, tmp_p
     model.save(tmp_path / "m")
     raw = json.loads((tmp_path / "m" / "config.json").read_text())
     (tmp_path / "m" / "config.json").write_text(json.dumps({**raw, "format": 1}))
-    with pytest.raises(ValueError, match=r"checkpoint format 1, this code reads format 3; retrain"):
+    with pytest.raises(ValueError, match=r"checkpoint format 1, this code reads format 4; retrain"):
         ErcModel.load(tmp_path / "m")
     with pytest.raises(FileNotFoundError, match="does not exist; run the train stage"):
         ErcModel.load(tmp_path / "nowhere")

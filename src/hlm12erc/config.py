@@ -147,7 +147,6 @@ class TextEncoderParams:
     past_turns: Int = 3  # previous turns as context, "Speaker: text" each
     future_turns: Int = 1  # next turns as context
     precision: Literal["fp32", "bf16"] = "fp32"  # the encoders' matmuls (training and prediction)
-    pooling: Literal["mean", "cls"] = "mean"
     dropout: Float = 0.1
     lr: PositiveFloat = 5e-5  # encoder body
     head_lr: PositiveFloat = 1e-3  # the fresh linear classifier

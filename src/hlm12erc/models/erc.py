@@ -38,7 +38,7 @@ from hlm12erc.models.text_encoder import (
     load_tokenizer,
 )
 
-FORMAT_VERSION = 3  # config.json "format": one checkpoint schema for every objective
+FORMAT_VERSION = 4  # config.json "format": one checkpoint schema for every objective
 CONFIG_FILE, HEAD_FILE, TOKENIZER_DIR, ENCODER_FILE = "config.json", "head.pt", "tokenizer", "encoder_{}.pt"
 
 

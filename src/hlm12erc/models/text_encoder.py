@@ -31,13 +31,10 @@ class EncoderConfig:
     max_tokens: int = 128  # whole pair incl. [CLS]/[SEP]; only the context side is ever truncated
     past_turns: int = 3  # previous turns of the dialogue as context, "Speaker: text" each
     future_turns: int = 1  # next turns as context (behind a [SEP]); 0 = causal
-    pooling: str = "mean"  # mean (masked mean of the last layer: what MiniLM was trained for) | cls
     dropout: float = 0.1  # before the linear classifier
     precision: str = "fp32"  # fp32 | bf16: autocast of every forward (training and inference)
 
     def __post_init__(self) -> None:
-        if self.pooling not in ("mean", "cls"):
-            raise ValueError(f"text_encoder.pooling='{self.pooling}': use mean or cls")
         if self.max_tokens < 8:
             raise ValueError(f"text_encoder.max_tokens={self.max_tokens} is too small (>= 8)")
         if self.past_turns < 0 or self.future_turns < 0:
@@ -56,11 +53,9 @@ def encoder_path(name: str) -> str:
 class TextEncoder(nn.Module):
     """Transformer encoder + pooling + dropout + linear classifier over the labels."""
 
-    def __init__(self, encoder: nn.Module, n_labels: int, pooling: str = "mean", dropout: float = 0.1,
-                 precision: str = "fp32"):
+    def __init__(self, encoder: nn.Module, n_labels: int, dropout: float = 0.1, precision: str = "fp32"):
         super().__init__()
         self.encoder = encoder
-        self.pooling = pooling
         self.precision = precision  # every forward autocasts to it, so training and inference agree
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(encoder.config.hidden_size, n_labels)
@@ -70,11 +65,8 @@ class TextEncoder(nn.Module):
         with autocast(self.precision, input_ids.device):
             hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                                   token_type_ids=token_type_ids).last_hidden_state
-            if self.pooling == "cls":
-                pooled = hidden[:, 0]
-            else:
-                mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # masked mean: what MiniLM and mpnet were
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # trained to pool
             logits = self.head(self.dropout(pooled))
         return ERCOutput(logits.float(), pooled.float())  # losses and callers read fp32
 
@@ -93,7 +85,7 @@ def build_text_encoder(cfg: EncoderConfig, n_labels: int, architecture: dict[str
             raw = dict(architecture)
             encoder = AutoModel.from_config(AutoConfig.for_model(raw.pop("model_type"), **raw),
                                             add_pooling_layer=False)
-    return TextEncoder(encoder, n_labels, cfg.pooling, cfg.dropout, cfg.precision)
+    return TextEncoder(encoder, n_labels, cfg.dropout, cfg.precision)
 
 
 def load_tokenizer(path: str | Path) -> Any:

@@ -34,8 +34,8 @@ def new_model(objective: ObjectiveConfig, params: Params, feature_dims: dict[str
     """An untrained :class:`ErcModel` for ``objective`` (encoders and head built by :func:`fit`)."""
     enc = params.text_encoder
     needs_encoders = objective.text == "finetuned"
-    encoder = EncoderConfig(enc.encoder, enc.max_tokens, enc.past_turns, enc.future_turns, enc.pooling,
-                            enc.dropout, enc.precision) if needs_encoders else None
+    encoder = EncoderConfig(enc.encoder, enc.max_tokens, enc.past_turns, enc.future_turns, enc.dropout,
+                            enc.precision) if needs_encoders else None
     head = None
     if objective.fusion != "none":
         dims = dict(feature_dims or {})
