@@ -65,8 +65,9 @@ class TextEncoder(nn.Module):
         with autocast(self.precision, input_ids.device):
             hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                                   token_type_ids=token_type_ids).last_hidden_state
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # masked mean: what MiniLM and mpnet were
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # trained to pool
+            # the masked mean of the last layer: the pooling MiniLM and mpnet were trained with
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
             logits = self.head(self.dropout(pooled))
         return ERCOutput(logits.float(), pooled.float())  # losses and callers read fp32
 
