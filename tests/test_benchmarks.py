@@ -55,6 +55,16 @@ def test_write_page_holds_the_table_command_machine_and_date(tmp_path, monkeypat
     assert not (common.PAGES / "x.md").exists()
 
 
+def test_a_path_beside_the_repo_is_named_relative_even_through_a_link(tmp_path, monkeypatch):
+    """The real-MELD page names its data folder: ``../shared/meld-text``, also where ``shared`` is a link."""
+    common = benchmark("common")
+    (tmp_path / "elsewhere" / "meld-text").mkdir(parents=True)
+    (tmp_path / "shared").symlink_to(tmp_path / "elsewhere")
+    monkeypatch.setattr(common, "REPO", tmp_path / "repo")
+    assert common.repo_relative(str(tmp_path / "shared" / "meld-text")) == "../shared/meld-text"
+    assert common.repo_relative("/usr/share/x") == "/usr/share/x" and common.repo_relative("rel/x") == "rel/x"
+
+
 def test_every_benchmark_page_names_the_script_that_wrote_it_and_the_index_lists_it():
     pages = sorted(p for p in (REPO / "docs" / "benchmarks").glob("*.md") if p.name != "README.md")
     index = (REPO / "docs" / "benchmarks" / "README.md").read_text()
