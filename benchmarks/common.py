@@ -127,9 +127,9 @@ def machine() -> str:
 def repo_relative(arg: str) -> str:
     """``arg`` relative to the repo when it is an absolute path in the repo's parent folder (pages hold no paths of
     this checkout)."""
-    path = Path(arg)
-    if path.is_absolute() and Path(os.path.abspath(path)).is_relative_to(REPO.parent):
-        return os.path.relpath(os.path.abspath(path), REPO)  # abspath, not resolve: a linked ../shared stays one
+    path = Path(os.path.abspath(arg))  # abspath, not resolve: a linked ../shared stays ../shared
+    if Path(arg).is_absolute() and path.is_relative_to(REPO.parent):
+        return os.path.relpath(path, REPO)
     return arg
 
 
